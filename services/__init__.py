@@ -1,0 +1,1 @@
+"""StreamChar's gRPC services: one package per service, each with its server and Dockerfile."""

@@ -1,0 +1,1 @@
+"""Gateway service: the client API, session creation, live muxing and playback pacing."""

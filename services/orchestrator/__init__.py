@@ -1,0 +1,1 @@
+"""Orchestrator service: transcript text → frame-aligned audio conditions and the progress pointer."""

@@ -1,0 +1,1 @@
+"""Renderer service: audio conditions → jointly denoised audio+video chunks, state in the store."""

@@ -1,0 +1,3 @@
+from services.renderer.server import main
+
+main()

@@ -1,0 +1,270 @@
+"""Renderer gRPC server.
+
+Per session one bidirectional `Render` stream from the gateway. The renderer opens the session's
+`Orchestrate` stream upstream, forwards text to it and pulls conditions a couple of chunks ahead;
+each chunk is rendered through the process's one `RenderEngine` (batched across sessions), sent,
+then committed to the store fenced by chunk index. It renders at most `window` chunks beyond the
+last one the gateway acknowledged, so the gateway's playback pacing reaches the generator and a
+client that leaves costs at most the chunk in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import torch
+
+from streamchar.config import load_config
+from streamchar.engine.rendering import RenderedChunk, RenderEngine, SessionRenderer
+from streamchar.errors import FailedPrecondition, InvalidInput, Unavailable
+from streamchar.grpcutil import RunningServer, build_server, channel_options, guarded_stream, serve_until_signal
+from streamchar.logutil import session_logger, setup_logging
+from streamchar.models.bundle import load_renderer
+from streamchar.session import SessionMeta
+from streamchar.state.store import SessionStore, open_store
+from streamchar.telemetry import SESSIONS, incoming_context, outgoing_metadata, record_chunk, setup_tracing, \
+    start_metrics, tracer
+from streamchar.timebase import TimeBase
+from streamchar.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc, renderer_pb2, renderer_pb2_grpc
+
+SERVICE = "renderer"
+# Conditions pulled ahead of the chunk being rendered: the orchestrator works on chunk k+1 while
+# chunk k denoises.
+PREFETCH = 2
+
+
+@dataclass(frozen=True)
+class RendererConfig:
+    address: str = "127.0.0.1:50052"
+    orchestrator_address: str = "127.0.0.1:50051"
+    store_url: str = "redis://127.0.0.1:6379/0"
+    session_ttl_seconds: float = 3600.0
+    checkpoint: str = ""
+    steps: int = 4
+    guidance: float = 1.0
+    max_batch: int = 4
+    window: int = 2
+    torch_threads: int = 2
+    otlp_endpoint: str = ""
+    metrics_port: int = 0
+    grace_seconds: float = 5.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.max_batch < 1 or self.window < 1:
+            raise ValueError("steps, max_batch and window must be >= 1")
+
+
+def _pcm_s16le(pcm: np.ndarray) -> bytes:
+    return (np.clip(pcm, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+
+
+class RendererService(renderer_pb2_grpc.RendererServicer):
+    def __init__(self, config: RendererConfig, store: SessionStore, session_renderer: SessionRenderer,
+                 orchestrator: orchestrator_pb2_grpc.OrchestratorStub) -> None:
+        self.config = config
+        self.store = store
+        self.sessions = session_renderer
+        self.models = session_renderer.engine.models
+        self.orchestrator = orchestrator
+        self.tracer = tracer(SERVICE)
+
+    async def Render(self, request_iterator: AsyncIterator[renderer_pb2.RenderRequest],
+               context: grpc.aio.ServicerContext) -> AsyncIterator[renderer_pb2.RenderResponse]:
+        async for response in guarded_stream(SERVICE, context, self._render(request_iterator, context)):
+            yield response
+
+    async def _render(self, requests: AsyncIterator[renderer_pb2.RenderRequest],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[renderer_pb2.RenderResponse]:
+        first = await anext(aiter(requests), None)
+        if first is None or first.WhichOneof("event") != "start" or not first.start.session_id:
+            raise InvalidInput("the first request must be `start` with a session_id")
+        session_id = first.start.session_id
+        log = session_logger(__name__, session_id)
+        meta = await SessionMeta.load(self.store, session_id)
+        k = await self.sessions.next_chunk_index(session_id)
+        parent = incoming_context(context.invocation_metadata())
+        tb = self.models.time_base
+
+        upstream = self.orchestrator.Orchestrate(metadata=outgoing_metadata(parent))
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await upstream.write(orchestrator_pb2.OrchestrateRequest(
+                start=orchestrator_pb2.OrchestrateStart(session_id=session_id)))
+            started = await upstream.read()
+            if started is grpc.aio.EOF or started.WhichOneof("event") != "started":
+                raise Unavailable("orchestrator ended the session before starting it")
+            SESSIONS.labels(SERVICE).inc()
+            size = self.models.image_size
+            yield renderer_pb2.RenderResponse(started=renderer_pb2.RenderStarted(
+                session_id=session_id, time_base=common_pb2.TimeBase(
+                    fps=tb.fps, sample_rate=tb.sample_rate, frames_per_chunk=tb.frames_per_chunk),
+                width=size, height=size, next_chunk_index=k, text_received=started.started.text_received,
+                trained=self.models.trained))
+            log.info("rendering from chunk %d", k)
+            tasks = [asyncio.create_task(self._read_client(requests, upstream, events)),
+                     asyncio.create_task(self._read_upstream(upstream, events))]
+            async for response in self._chunks(meta, k, upstream, events, parent):
+                yield response
+        finally:
+            for task in tasks:
+                task.cancel()
+            upstream.cancel()
+
+    async def _read_client(self, requests: AsyncIterator[renderer_pb2.RenderRequest],
+                           upstream: Any, events: asyncio.Queue[tuple[str, Any]]) -> None:
+        try:
+            async for req in requests:
+                kind = req.WhichOneof("event")
+                if kind == "text":
+                    await upstream.write(orchestrator_pb2.OrchestrateRequest(text=req.text))
+                elif kind == "end_of_text":
+                    await upstream.write(orchestrator_pb2.OrchestrateRequest(end_of_text=req.end_of_text))
+                elif kind in ("interrupt", "ack"):
+                    await events.put((kind, req.ack.chunk_index if kind == "ack" else None))
+                else:
+                    raise InvalidInput(f"unexpected request {kind!r} after start")
+            await events.put(("client_closed", None))
+        except BaseException as e:  # handed to the response loop, which owns the status
+            await events.put(("error", e))
+
+    async def _read_upstream(self, upstream: Any, events: asyncio.Queue[tuple[str, Any]]) -> None:
+        try:
+            while True:
+                msg = await upstream.read()
+                if msg is grpc.aio.EOF:
+                    await events.put(("error", Unavailable("orchestrator closed the session stream")))
+                    return
+                await events.put((msg.WhichOneof("event"), msg))
+        except BaseException as e:
+            await events.put(("error", e))
+
+    async def _chunks(self, meta: SessionMeta, k: int, upstream: Any, events: asyncio.Queue[tuple[str, Any]],
+                      parent: Any) -> AsyncIterator[renderer_pb2.RenderResponse]:
+        """The session's event loop: pull conditions, render within the ack window, handle interrupts."""
+        acked = k - 1
+        next_pull = k
+        conditions: dict[int, orchestrator_pb2.AudioConditions] = {}
+        final_pulled = interrupting = interrupted_any = False
+        upstream_end: common_pb2.End | None = None
+        while True:
+            while not interrupting and upstream_end is None and not final_pulled and next_pull < k + PREFETCH:
+                await upstream.write(orchestrator_pb2.OrchestrateRequest(pull=orchestrator_pb2.Pull(chunk_index=next_pull)))
+                next_pull += 1
+            if not interrupting and k in conditions and k <= acked + self.config.window:
+                cond = conditions.pop(k)
+                response, rendered = await self._render_chunk(meta, cond, parent)
+                yield response
+                # Committed after it left; see SessionRenderer.commit for why this order.
+                await self.sessions.commit(rendered)
+                k += 1
+                if cond.final:
+                    yield self._end(k, interrupted_any)
+                    return
+                continue
+            if not interrupting and upstream_end is not None and k not in conditions:
+                yield self._end(k, interrupted_any)
+                return
+            kind, value = await events.get()
+            if kind == "conditions":
+                if not interrupting:
+                    conditions[value.conditions.chunk_index] = value.conditions
+                    final_pulled = final_pulled or value.conditions.final
+            elif kind == "end":
+                upstream_end = value.end
+            elif kind == "ack":
+                acked = max(acked, value)
+            elif kind == "interrupt":
+                if not interrupting:
+                    # Conditions already pulled speak the dropped text: void them and restart at k.
+                    interrupting = interrupted_any = True
+                    conditions.clear()
+                    await upstream.write(orchestrator_pb2.OrchestrateRequest(
+                        interrupt=common_pb2.Interrupted(next_chunk_index=k)))
+            elif kind == "interrupted":
+                interrupting = final_pulled = False
+                upstream_end = None
+                next_pull = k
+                yield renderer_pb2.RenderResponse(interrupted=value.interrupted)
+            elif kind == "client_closed":
+                return
+            elif kind == "error":
+                raise value
+            else:
+                raise FailedPrecondition(f"unexpected orchestrator event {kind!r}")
+
+    async def _render_chunk(self, meta: SessionMeta, cond: orchestrator_pb2.AudioConditions,
+                            parent: Any) -> tuple[renderer_pb2.RenderResponse, RenderedChunk]:
+        tb = self.models.time_base
+        with self.tracer.start_as_current_span("renderer.chunk", context=parent) as span:
+            span.set_attribute("streamchar.session_id", meta.session_id)
+            span.set_attribute("streamchar.chunk_index", cond.chunk_index)
+            span.set_attribute("streamchar.denoise_steps", self.config.steps)
+            started = time.perf_counter()
+            rendered = await self.sessions.render(meta, cond.chunk_index, list(cond.units))
+            out = rendered.output
+            span.set_attribute("streamchar.batch_size", out.batch_size)
+            record_chunk(SERVICE, "render", out.seconds, tb.chunk_seconds)
+            frames = out.frames
+            response = renderer_pb2.RenderResponse(chunk=renderer_pb2.AVChunk(
+                session_id=meta.session_id, chunk_index=cond.chunk_index, pts_us=tb.chunk_pts_us(cond.chunk_index),
+                duration_us=tb.chunk_pts_us(cond.chunk_index + 1) - tb.chunk_pts_us(cond.chunk_index),
+                num_frames=frames.shape[0], width=frames.shape[2], height=frames.shape[1], frames=frames.tobytes(),
+                sample_rate=tb.sample_rate, num_samples=out.pcm.shape[0], pcm_s16le=_pcm_s16le(out.pcm),
+                pointer_start=cond.pointer_start, pointer_end=cond.pointer_end, fill=cond.fill, final=cond.final,
+                render_seconds=time.perf_counter() - started))
+        return response, rendered
+
+    @staticmethod
+    def _end(chunks: int, interrupted: bool) -> renderer_pb2.RenderResponse:
+        reason = common_pb2.END_REASON_INTERRUPTED if interrupted else common_pb2.END_REASON_COMPLETED
+        return renderer_pb2.RenderResponse(end=common_pb2.End(reason=reason, chunks=chunks))
+
+
+async def start(config: RendererConfig) -> RunningServer:
+    torch.set_num_threads(config.torch_threads)
+    setup_tracing(SERVICE, config.otlp_endpoint)
+    start_metrics(config.metrics_port)
+    models = load_renderer(config.checkpoint or None, time_base=TimeBase())
+    logging.getLogger(__name__).info("renderer models loaded (%s), %d steps, guidance %.2f",
+                                     "trained" if models.trained else "UNTRAINED random init", config.steps,
+                                     config.guidance)
+    store = open_store(config.store_url, config.session_ttl_seconds)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render-engine")
+    engine = RenderEngine(models, config.steps, config.guidance, config.max_batch, executor)
+    channel = grpc.aio.insecure_channel(config.orchestrator_address, options=channel_options())
+    service = RendererService(config, store, SessionRenderer(store, engine),
+                              orchestrator_pb2_grpc.OrchestratorStub(channel))
+
+    async def close() -> None:
+        await engine.close()
+        await channel.close()
+        await store.close()
+        executor.shutdown(wait=False)
+
+    return await build_server(
+        SERVICE, [renderer_pb2.DESCRIPTOR.services_by_name["Renderer"].full_name], config.address,
+        lambda s: renderer_pb2_grpc.add_RendererServicer_to_server(service, s), close)
+
+
+async def serve(config: RendererConfig) -> None:
+    await serve_until_signal(await start(config), config.grace_seconds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="streamchar-renderer", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="TOML file; STREAMCHAR_* environment variables override it")
+    args = parser.parse_args(argv)
+    config = load_config(RendererConfig, args.config)
+    setup_logging(config.log_level)
+    asyncio.run(serve(config))

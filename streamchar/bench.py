@@ -1,0 +1,106 @@
+"""`streamchar bench`: per-chunk latency and real-time factor, in-process and through the services.
+
+Both modes run the same text, with the same models and sampler steps, in one invocation, after a
+warm-up session each; figures are medians over all chunks of all measured sessions. In-process
+times each stage of a chunk (conditions, denoise+decode, mux). Through the services (three
+processes + Redis on localhost, generation not paced), it records the renderer's compute per chunk
+and the interval between chunks arriving at the client, which is what a viewer's stream needs to
+keep up with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+from streamchar.timebase import TimeBase
+
+TB = TimeBase()
+
+
+def _ms(values: list[float]) -> str:
+    q = statistics.quantiles(values, n=10) if len(values) >= 2 else values * 9
+    return f"median {statistics.median(values) * 1000:6.1f} ms   p90 {q[-1] * 1000:6.1f} ms"
+
+
+def bench_inprocess(args: argparse.Namespace, image: bytes) -> dict[str, list[float]]:
+    import torch
+
+    from streamchar.pipeline import Pipeline, PipelineConfig
+
+    torch.set_num_threads(2)
+    pipeline = Pipeline(PipelineConfig(checkpoint=args.checkpoint, steps=args.steps))
+    stats: dict[str, list[float]] = {"conditions": [], "render": [], "mux": [], "total": []}
+
+    async def run() -> None:
+        try:
+            for i in range(args.repeats + 1):
+                _, result = await pipeline.speak_to_mp4(args.text, image)
+                if i == 0:
+                    continue  # warm-up
+                for c in result.chunks:
+                    stats["conditions"].append(c.orchestrate_seconds)
+                    stats["render"].append(c.render_seconds)
+                    stats["mux"].append(c.mux_seconds)
+                    stats["total"].append(c.orchestrate_seconds + c.render_seconds + c.mux_seconds)
+        finally:
+            await pipeline.close()
+
+    asyncio.run(run())
+    return stats
+
+
+def bench_services(args: argparse.Namespace, image: bytes) -> dict[str, list[float]]:
+    from streamchar.client import Client
+    from streamchar.localstack import start_stack
+
+    stack = start_stack(checkpoint=args.checkpoint, extra_env={"STREAMCHAR_STEPS": str(args.steps),
+                                                                "STREAMCHAR_LOG_LEVEL": "WARNING"})
+    stats: dict[str, list[float]] = {"render": [], "interval": []}
+    try:
+        with Client(stack.gateway) as client:
+            for i in range(args.repeats + 1):
+                arrivals: list[float] = []
+                renders: list[float] = []
+                for event in client.events(args.text, image):
+                    if event.WhichOneof("event") == "segment" and not event.segment.final_flush:
+                        arrivals.append(time.perf_counter())
+                    elif event.WhichOneof("event") == "progress":
+                        renders.append(event.progress.latency_seconds)
+                if i == 0:
+                    continue
+                stats["render"] += renders
+                stats["interval"] += [b - a for a, b in zip(arrivals, arrivals[1:])]
+    finally:
+        stack.stop()
+    return stats
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from streamchar.cli import DEFAULT_CHARACTER
+
+    image = DEFAULT_CHARACTER.read_bytes()
+    budget = TB.chunk_seconds
+    print(f"chunk = {TB.frames_per_chunk} frames = {budget * 1000:.0f} ms of playback; {args.steps}-step sampler; "
+          f"{args.repeats} measured sessions per mode after one warm-up")
+    inproc = services = None
+    if args.mode in ("both", "inprocess"):
+        inproc = bench_inprocess(args, image)
+        total = statistics.median(inproc["total"])
+        print(f"in-process  ({len(inproc['total'])} chunks)")
+        for k in ("conditions", "render", "mux", "total"):
+            print(f"  {k:<11} {_ms(inproc[k])}")
+        print(f"  chunk time / playback = {total / budget:.3f}   real-time factor = {budget / total:.2f}x")
+    if args.mode in ("both", "services"):
+        services = bench_services(args, image)
+        interval = statistics.median(services["interval"])
+        print(f"services    ({len(services['render'])} chunks; gateway+renderer+orchestrator processes, Redis)")
+        print(f"  render+mux  {_ms(services['render'])}")
+        print(f"  interval    {_ms(services['interval'])}   (between chunks arriving at the client)")
+        print(f"  chunk time / playback = {interval / budget:.3f}   real-time factor = {budget / interval:.2f}x")
+    if inproc and services:
+        ratio = statistics.median(services["interval"]) / statistics.median(inproc["total"])
+        print(f"services / in-process per-chunk time = {ratio:.2f}")
+    return 0

@@ -1,0 +1,183 @@
+"""`streamchar` command line: say, serve, client, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from streamchar.logutil import setup_logging
+from streamchar.timebase import TimeBase
+
+DEFAULT_CHARACTER = Path(__file__).resolve().parent / "assets" / "character.png"
+BENCH_TEXT = (
+    "Good morning! Today we will talk about streaming characters. A client sends text, token by token, "
+    "and the character speaks it while we watch, chunk after chunk, for as long as the conversation lasts. "
+    "Each chunk is three hundred and twenty milliseconds of video and audio, generated jointly. "
+    "How fast can we go on two CPU cores? Let us measure it, side by side, and report the medians. "
+)
+
+
+def _read_character(path: str | None) -> bytes:
+    p = Path(path) if path else DEFAULT_CHARACTER
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise SystemExit(f"cannot read character image {p}: {e.strerror}") from None
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    import torch
+
+    from streamchar.pipeline import Pipeline, PipelineConfig
+
+    torch.set_num_threads(args.threads)
+    image = _read_character(args.character)
+    pipeline = Pipeline(PipelineConfig(checkpoint=args.checkpoint, steps=args.steps, guidance=args.guidance,
+                                       seed=args.seed))
+    bar = tqdm(total=len(args.text.encode()), unit="char", desc="speaking", disable=args.quiet)
+
+    def progress(chunk: int, pointer: int, total: int) -> None:
+        bar.update(pointer - bar.n)
+        bar.set_postfix(chunk=chunk)
+
+    async def run() -> tuple[bytes, object]:
+        try:
+            return await pipeline.speak_to_mp4(args.text, image, args.voice, progress)
+        finally:
+            await pipeline.close()
+
+    data, result = asyncio.run(run())
+    bar.close()
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    tb = TimeBase()
+    n = len(result.chunks)
+    print(f"wrote {out}: {n} chunks, {n * tb.chunk_seconds:.2f} s of video+audio in {result.wall_seconds:.2f} s "
+          f"({n * tb.chunk_seconds / max(result.wall_seconds, 1e-9):.1f}x real time)"
+          + ("" if result.trained else " — UNTRAINED models (random init): no trained checkpoint is bundled yet"))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from streamchar.localstack import start_stack
+
+    log_dir = Path(args.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stack = start_stack(args.redis_url, args.checkpoint, log_dir)
+    print(f"gateway      {stack.gateway}\nrenderer     {stack.renderer}\norchestrator {stack.orchestrator}\n"
+          f"store        {stack.store_url}\nlogs         {log_dir}/\nCtrl-C stops the stack.", flush=True)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        while not stop:
+            for name, proc in stack.processes.items():
+                if proc.poll() is not None:
+                    print(f"{name} exited with code {proc.returncode}; stopping", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+    return 0
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from streamchar.client import Client, GatewayError
+
+    image = _read_character(args.character)
+    text = args.text.split(" ") if args.words else [args.text]
+    deltas = [w + " " for w in text[:-1]] + [text[-1]] if args.words else text
+    bar = tqdm(unit="chunk", desc="streaming", disable=args.quiet)
+
+    def on_event(event) -> None:
+        if event.WhichOneof("event") == "progress":
+            bar.update(1)
+            bar.set_postfix(pointer=event.progress.pointer, latency=f"{event.progress.latency_seconds * 1000:.0f}ms")
+
+    try:
+        with Client(args.gateway) as client:
+            result = client.speak(iter(deltas), image, on_event=on_event, voice=args.voice, realtime=args.realtime,
+                                  raw=args.raw)
+    except GatewayError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        bar.close()
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.raw:
+        import numpy as np
+
+        frames = b"".join(c.frames_rgb24 for c in result.raw_chunks)
+        pcm = b"".join(c.pcm_s16le for c in result.raw_chunks)
+        np.savez(out, frames=np.frombuffer(frames, np.uint8), pcm_s16le=np.frombuffer(pcm, "<i2"))
+    else:
+        out.write_bytes(result.media)
+    print(f"wrote {out}: session {result.session_id}, {len(result.chunk_indices)} chunks")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from streamchar.bench import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamchar", description="Real-time streaming talking characters.")
+    parser.add_argument("--log-level", default="WARNING")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    say = sub.add_parser("say", help="speak a text to an MP4, in-process with the bundled models")
+    say.add_argument("text")
+    say.add_argument("--character", help="reference image of the character (default: the bundled one)")
+    say.add_argument("-o", "--output", default="out/say.mp4")
+    say.add_argument("--voice", default="")
+    say.add_argument("--checkpoint", default="", help="bundle directory (default: the shipped tiny bundle)")
+    say.add_argument("--steps", type=int, default=4)
+    say.add_argument("--guidance", type=float, default=1.0)
+    say.add_argument("--seed", type=int, default=1)
+    say.add_argument("--threads", type=int, default=2)
+    say.add_argument("-q", "--quiet", action="store_true")
+    say.set_defaults(func=cmd_say)
+
+    serve = sub.add_parser("serve", help="run Redis (unless --redis-url) and the three services locally")
+    serve.add_argument("--redis-url")
+    serve.add_argument("--checkpoint", default="")
+    serve.add_argument("--log-dir", default="out/logs")
+    serve.set_defaults(func=cmd_serve)
+
+    client = sub.add_parser("client", help="speak a text through a running gateway, writing the stream to a file")
+    client.add_argument("text")
+    client.add_argument("--gateway", default="127.0.0.1:50050")
+    client.add_argument("--character")
+    client.add_argument("-o", "--output", default="out/client.mp4")
+    client.add_argument("--voice", default="")
+    client.add_argument("--words", action="store_true", help="send the text word by word, like a chat model")
+    client.add_argument("--realtime", action="store_true", help="pace generation to playback")
+    client.add_argument("--raw", action="store_true", help="raw RGB frames + PCM (.npz) instead of fMP4")
+    client.add_argument("-q", "--quiet", action="store_true")
+    client.set_defaults(func=cmd_client)
+
+    bench = sub.add_parser("bench", help="per-chunk latency and real-time factor, in-process and through the services")
+    bench.add_argument("--text", default=BENCH_TEXT)
+    bench.add_argument("--steps", type=int, default=4)
+    bench.add_argument("--repeats", type=int, default=3, help="sessions per mode; medians over all chunks")
+    bench.add_argument("--checkpoint", default="")
+    bench.add_argument("--mode", choices=("both", "inprocess", "services"), default="both")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    sys.exit(args.func(args))

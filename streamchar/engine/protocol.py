@@ -1,0 +1,193 @@
+"""The orchestrator's token protocol: how transcript text and speech units share one LM context.
+
+The context is a sequence of segments::
+
+    <bos> <text> t e x t ... <speak> adv u adv u ... <text> m o r e ... <speak> adv u ...
+
+Each video frame is two tokens: ``<adv_n>`` (the progress pointer advances n transcript bytes
+during the frame) then a unit token (or ``<wait>`` for silence). Text enters the context lazily,
+only while the pointer is within `lookahead_bytes` of the end of the text already in context, so
+the context is the same whether the transcript arrived at once or word by word, as long as words
+arrive before speech reaches them. Decoding is constrained, which makes the protocol's promises
+hard guarantees rather than hopes:
+
+- the pointer never passes text that has not been received (advances are capped by the text in
+  context); with no text to speak the frame is *starved* and the caller waits or fills;
+- the pointer is monotonic and reaches the end: after `max_stall_frames` frames without an
+  advance while text is available, advance 0 is disallowed; ``<eos>`` is allowed only at the end
+  of the transcript after EndOfText;
+- the context is bounded: past `max_context` tokens it is rebuilt from the text around the
+  pointer and the last `keep_frames` frames.
+
+Everything here is deterministic given the state and the LM, so any replica that reloads the state
+from the store continues the session identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from streamchar.models.vocab import StreamCharVocab
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    lookahead_bytes: int = 24
+    max_context: int = 1024
+    keep_frames: int = 96
+    keep_text_behind: int = 32
+    max_stall_frames: int = 12
+
+    def __post_init__(self) -> None:
+        if self.lookahead_bytes < 1 or self.max_stall_frames < 1:
+            raise ValueError("lookahead_bytes and max_stall_frames must be >= 1")
+        reserve = 4 + self.keep_text_behind + 2 * self.lookahead_bytes + 2 * self.keep_frames
+        if reserve + 64 > self.max_context:
+            raise ValueError(f"max_context {self.max_context} too small for the kept history ({reserve})")
+
+
+@dataclass
+class OrchState:
+    """Per-session orchestrator state; persisted in the session store after every chunk."""
+
+    text: bytes = b""
+    text_ended: bool = False
+    pointer: int = 0
+    context: list[int] = field(default_factory=list)
+    context_text_end: int = 0
+    stall: int = 0
+    next_chunk: int = 0
+    done: bool = False
+
+    @property
+    def pointer_chars(self) -> int:
+        return utf8_chars(self.text[: self.pointer])
+
+    @property
+    def text_chars(self) -> int:
+        return utf8_chars(self.text)
+
+
+def utf8_chars(data: bytes) -> int:
+    """Characters in a UTF-8 byte string (a trailing partial character does not count)."""
+    return sum(1 for b in data if b & 0xC0 != 0x80) - _partial_tail(data)
+
+
+def _partial_tail(data: bytes) -> int:
+    for back in range(1, min(4, len(data)) + 1):
+        b = data[-back]
+        if b & 0xC0 != 0x80:
+            need = 1 if b < 0x80 else 2 if b >> 5 == 0b110 else 3 if b >> 4 == 0b1110 else 4
+            return 1 if need > back else 0
+    return 0
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """The outcome of one chunk: units (one per frame; num_units = silence) and pointer range."""
+
+    units: list[int]
+    pointer_start: int
+    pointer_end: int
+    fill: bool
+    final: bool
+
+
+class Starved(Exception):
+    """The chunk needs transcript text that has not arrived yet."""
+
+
+# step(context, allowed_ids) -> chosen id: the LM's constrained greedy choice.
+StepFn = Callable[[list[int], list[int]], int]
+
+
+class OrchestratorProtocol:
+    def __init__(self, vocab: StreamCharVocab, frames_per_chunk: int, config: ProtocolConfig) -> None:
+        self.vocab = vocab
+        self.frames_per_chunk = frames_per_chunk
+        self.config = config
+        self._unit_choices = [*vocab.unit_ids(), vocab.wait_id]
+
+    def start_context(self) -> list[int]:
+        return [self.vocab.bos_id]
+
+    def plan_chunk(self, state: OrchState, step: StepFn, allow_fill: bool) -> tuple[ChunkPlan, OrchState]:
+        """Decode one chunk from `state`; returns the plan and the next state (`state` is untouched).
+
+        Raises Starved when a frame has no text to speak and `allow_fill` is False; with
+        `allow_fill` such frames become silent filler frames that do not move the pointer.
+        """
+        s = OrchState(state.text, state.text_ended, state.pointer, list(state.context),
+                      state.context_text_end, state.stall, state.next_chunk, state.done)
+        if not s.context:
+            s.context = self.start_context()
+        start = s.pointer_chars
+        units: list[int] = []
+        fill = False
+        for _ in range(self.frames_per_chunk):
+            if s.done:
+                units.append(self.vocab.num_units)
+                continue
+            self._insert_text(s)
+            remaining = s.context_text_end - s.pointer
+            if remaining == 0 and s.text_ended and s.context_text_end == len(s.text):
+                self._slide(s, 1)
+                s.context.append(self.vocab.eos_id)
+                s.done = True
+                units.append(self.vocab.num_units)
+                continue
+            if remaining == 0:
+                if not allow_fill:
+                    raise Starved()
+                fill = True
+                self._slide(s, 2)
+                s.context += [self.vocab.adv_id(0), self.vocab.wait_id]
+                units.append(self.vocab.num_units)
+                continue
+            lo = 1 if s.stall >= self.config.max_stall_frames else 0
+            hi = min(self.vocab.max_advance, remaining)
+            self._slide(s, 2)
+            adv_token = step(s.context, [self.vocab.adv_id(n) for n in range(lo, hi + 1)])
+            s.context.append(adv_token)
+            unit_token = step(s.context, self._unit_choices)
+            s.context.append(unit_token)
+            advance = self.vocab.advance_of(adv_token)
+            s.pointer += advance
+            s.stall = 0 if advance else s.stall + 1
+            units.append(self.vocab.num_units if unit_token == self.vocab.wait_id else self.vocab.unit_of(unit_token))
+        s.next_chunk += 1
+        plan = ChunkPlan(units, start, s.pointer_chars, fill, s.done)
+        return plan, s
+
+    def _insert_text(self, s: OrchState) -> None:
+        if s.context_text_end >= len(s.text) or s.context_text_end - s.pointer >= self.config.lookahead_bytes:
+            return
+        end = min(len(s.text), s.pointer + 2 * self.config.lookahead_bytes)
+        piece = s.text[s.context_text_end:end]
+        self._slide(s, len(piece) + 2)
+        s.context += [self.vocab.text_id, *piece, self.vocab.speak_id]
+        s.context_text_end = end
+
+    def _slide(self, s: OrchState, extra: int) -> None:
+        """Rebuild the context around the pointer when `extra` more tokens would not fit."""
+        if len(s.context) + extra <= self.config.max_context:
+            return
+        frames = _last_frames(s.context, self.vocab, self.config.keep_frames)
+        behind = max(0, s.pointer - self.config.keep_text_behind)
+        s.context = [self.vocab.bos_id, self.vocab.text_id,
+                     *s.text[behind:s.context_text_end],
+                     self.vocab.speak_id, *frames]
+
+
+def _last_frames(context: list[int], vocab: StreamCharVocab, n: int) -> list[int]:
+    """The last n (adv, unit|wait) pairs of the context, in order."""
+    out: list[int] = []
+    i = len(context) - 1
+    while i > 0 and len(out) < 2 * n:
+        if vocab.is_adv(context[i - 1]) and (vocab.is_unit(context[i]) or context[i] == vocab.wait_id):
+            out[:0] = context[i - 1:i + 1]
+            i -= 2
+        else:
+            i -= 1
+    return out

@@ -1,0 +1,234 @@
+"""Render engine: one chunk = joint audio-video denoising + decoding, for every session.
+
+`RenderEngine` is the one engine loop of a renderer process: chunk jobs of all sessions go through
+its queue and are batched into one sampler call (up to `max_batch` rows), on one worker thread.
+`SessionRenderer` is the per-chunk session logic around it: load the session's render state from
+the store, render, commit the new state fenced by chunk index. It holds nothing between chunks, so
+any renderer replica can continue any session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from streamchar.errors import FailedPrecondition
+from streamchar.models.audio_codec import MelAudioCodec
+from streamchar.models.joint_dit import JointAudioVideoDiT
+from streamchar.models.sampler import FlowMatchingSampler
+from streamchar.models.video_codec import VideoCodec
+from streamchar.session import SessionMeta
+from streamchar.state import arrays
+from streamchar.state.store import SessionStore
+from streamchar.timebase import TimeBase
+
+log = logging.getLogger(__name__)
+
+F_CHUNK = "render.chunk_index"
+F_REF, F_SINK_V, F_SINK_A = "render.ref_latent", "render.sink_video", "render.sink_audio"
+F_MOTION_V, F_MOTION_A = "render.motion_video", "render.motion_audio"
+_STATE_FIELDS = [F_CHUNK, F_REF, F_SINK_V, F_SINK_A, F_MOTION_V, F_MOTION_A]
+
+
+@dataclass(frozen=True)
+class RendererModels:
+    dit: JointAudioVideoDiT
+    video_codec: VideoCodec
+    audio_codec: MelAudioCodec
+    time_base: TimeBase
+    trained: bool
+
+    @property
+    def image_size(self) -> int:
+        return self.video_codec.image_size
+
+
+@dataclass
+class ChunkJob:
+    """Everything one chunk needs; arrays are float32 latents (None: the session has none yet)."""
+
+    units: list[int]  # [F]
+    seed: int
+    ref_image: np.ndarray  # uint8 [H,W,3]; encoded when ref_latent is None (chunk 0)
+    ref_latent: np.ndarray | None  # [C,h,w]
+    sink_video: np.ndarray | None  # [F,C,h,w]
+    sink_audio: np.ndarray | None  # [M,Ca]
+    motion_video: np.ndarray | None  # [Fm,C,h,w]
+    motion_audio: np.ndarray | None  # [Mm,Ca]
+
+
+@dataclass
+class ChunkOutput:
+    frames: np.ndarray  # uint8 [F,H,W,3]
+    pcm: np.ndarray  # float32 [S]
+    ref_latent: np.ndarray  # [C,h,w]
+    video_latents: np.ndarray  # [F,C,h,w]
+    audio_latents: np.ndarray  # [M,Ca]
+    seconds: float  # wall time of the batch this chunk was rendered in
+    batch_size: int
+
+
+def chunk_seed(session_seed: int, chunk_index: int) -> int:
+    """A chunk's noise seed: the same on every replica, different for every chunk."""
+    return (session_seed * 1_000_003 + chunk_index * 7_919) % (2**63 - 1)
+
+
+class RenderEngine:
+    def __init__(self, models: RendererModels, steps: int, guidance: float, max_batch: int,
+                 executor: ThreadPoolExecutor) -> None:
+        self.models = models
+        self.sampler = FlowMatchingSampler(steps, guidance)
+        self.max_batch = max_batch
+        self.executor = executor
+        self._queue: asyncio.Queue[tuple[ChunkJob, asyncio.Future[ChunkOutput]]] = asyncio.Queue()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    async def render(self, job: ChunkJob) -> ChunkOutput:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.create_task(self._run(), name="render-engine")
+        future: asyncio.Future[ChunkOutput] = asyncio.get_running_loop().create_future()
+        await self._queue.put((job, future))
+        return await future
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            # A job whose session went away before its turn is dropped, never rendered.
+            batch = [(job, fut) for job, fut in batch if not fut.cancelled()]
+            if not batch:
+                continue
+            try:
+                outputs = await loop.run_in_executor(self.executor, self.render_batch, [job for job, _ in batch])
+            except Exception as e:  # noqa: BLE001 — every waiter gets the failure
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for (_, fut), out in zip(batch, outputs):
+                if not fut.done():
+                    fut.set_result(out)
+
+    @torch.inference_mode()
+    def render_batch(self, jobs: list[ChunkJob]) -> list[ChunkOutput]:
+        """Denoise and decode B chunks in one sampler call (runs on the engine's worker thread)."""
+        started = time.perf_counter()
+        m, tb = self.models, self.models.time_base
+        cfg = m.dit.config
+        B = len(jobs)
+        latent_shape = (cfg.video_channels, cfg.video_latent_size, cfg.video_latent_size)
+        M, Mm = tb.frames_per_chunk * tb.mel_per_frame, tb.motion_frames * tb.mel_per_frame
+
+        # 1. Reference latents: encoded once, at a session's first chunk.
+        ref = [j.ref_latent for j in jobs]
+        missing = [i for i, r in enumerate(ref) if r is None]
+        if missing:
+            images = torch.from_numpy(np.stack([jobs[i].ref_image for i in missing])).float()  # [b,H,W,3]
+            images = images.permute(0, 3, 1, 2) / 127.5 - 1.0  # [b,3,H,W] in [-1,1]
+            encoded = m.video_codec.encode(images).numpy()  # [b,C,h,w]
+            for k, i in enumerate(missing):
+                ref[i] = encoded[k]
+
+        # 2. Context tensors; absent sink/motion are zeros hidden by the has_* masks.
+        def stack(values: list[np.ndarray | None], shape: tuple[int, ...]) -> torch.Tensor:
+            return torch.from_numpy(np.stack([v if v is not None else np.zeros(shape, np.float32) for v in values]))
+
+        cond = {
+            "units": torch.tensor([j.units for j in jobs], dtype=torch.long),  # [B,F]
+            "ref_video": torch.from_numpy(np.stack(ref)),  # [B,C,h,w]
+            "sink_video": stack([j.sink_video for j in jobs], (tb.frames_per_chunk, *latent_shape)),
+            "sink_audio": stack([j.sink_audio for j in jobs], (M, cfg.audio_channels)),
+            "motion_video": stack([j.motion_video for j in jobs], (tb.motion_frames, *latent_shape)),
+            "motion_audio": stack([j.motion_audio for j in jobs], (Mm, cfg.audio_channels)),
+            "has_sink": torch.tensor([j.sink_video is not None for j in jobs]),
+            "has_motion": torch.tensor([j.motion_video is not None for j in jobs]),
+        }
+
+        # 3. Seeded noise per chunk, so a chunk is the same on any replica and in any batch.
+        video_noise, audio_noise = [], []
+        for j in jobs:
+            g = torch.Generator().manual_seed(j.seed)
+            video_noise.append(torch.randn((tb.frames_per_chunk, *latent_shape), generator=g))
+            audio_noise.append(torch.randn((M, cfg.audio_channels), generator=g))
+        video, audio = self.sampler.sample(m.dit, cond, torch.stack(video_noise), torch.stack(audio_noise))
+
+        # 4. Decode: frames through the video codec, PCM through the vocoder with the previous
+        # chunk's audio tail as context for a smoother seam.
+        frames = m.video_codec.decode(video.flatten(0, 1))  # [B*F,3,H,W]
+        frames = ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        frames = frames.permute(0, 2, 3, 1).reshape(B, tb.frames_per_chunk, *frames.shape[2:], 3)  # [B,F,H,W,3]
+        context = cond["motion_audio"] if all(j.motion_audio is not None for j in jobs) else None
+        pcm = m.audio_codec.decode(audio, context).clamp(-1, 1)  # [B,S]
+        seconds = time.perf_counter() - started
+        return [ChunkOutput(frames=frames[i].numpy(), pcm=pcm[i].float().numpy(), ref_latent=ref[i],
+                            video_latents=video[i].numpy(), audio_latents=audio[i].numpy(),
+                            seconds=seconds, batch_size=B) for i in range(B)]
+
+
+class SessionRenderer:
+    """Load → render → (deliver) → fenced commit, for one chunk of one session."""
+
+    def __init__(self, store: SessionStore, engine: RenderEngine) -> None:
+        self.store = store
+        self.engine = engine
+        self.time_base = engine.models.time_base
+
+    async def next_chunk_index(self, session_id: str) -> int:
+        raw = (await self.store.load(session_id, [F_CHUNK]))[F_CHUNK]
+        return int(raw) if raw is not None else 0
+
+    async def render(self, meta: SessionMeta, chunk_index: int, units: list[int]) -> RenderedChunk:
+        """Render chunk `chunk_index` from the stored state; `commit` it once it has been delivered."""
+        tb = self.time_base
+        if len(units) != tb.frames_per_chunk:
+            raise FailedPrecondition(f"chunk {chunk_index} has {len(units)} unit frames, expected {tb.frames_per_chunk}")
+        raw = await self.store.load(meta.session_id, _STATE_FIELDS)
+        current = int(raw[F_CHUNK]) if raw[F_CHUNK] is not None else 0
+        if current != chunk_index:
+            raise FailedPrecondition(f"session {meta.session_id}: asked to render chunk {chunk_index}, "
+                                     f"but the session is at chunk {current}")
+
+        def get(field: str) -> np.ndarray | None:
+            value = raw[field]
+            return arrays.unpack(value) if value else None
+
+        job = ChunkJob(units=list(units), seed=chunk_seed(meta.seed, chunk_index), ref_image=meta.reference,
+                       ref_latent=get(F_REF), sink_video=get(F_SINK_V), sink_audio=get(F_SINK_A),
+                       motion_video=get(F_MOTION_V), motion_audio=get(F_MOTION_A))
+        out = await self.engine.render(job)
+        Fm, Mm = tb.motion_frames, tb.motion_frames * tb.mel_per_frame
+        fields = {F_MOTION_V: arrays.pack(out.video_latents[-Fm:]), F_MOTION_A: arrays.pack(out.audio_latents[-Mm:])}
+        if job.sink_video is None:
+            # The session's first chunk becomes its sink: the persistent visual anchor.
+            fields |= {F_REF: arrays.pack(out.ref_latent), F_SINK_V: arrays.pack(out.video_latents),
+                       F_SINK_A: arrays.pack(out.audio_latents)}
+        return RenderedChunk(meta.session_id, chunk_index, out, fields)
+
+    async def commit(self, chunk: RenderedChunk) -> None:
+        """Advance the session past the chunk; StaleWrite if another writer already did.
+
+        Committing after delivery (not before) means a renderer that dies in between loses
+        nothing: the next replica renders the same chunk again from the same state and seed, and
+        the gateway drops the duplicate by chunk index.
+        """
+        await self.store.commit(chunk.session_id, F_CHUNK, chunk.chunk_index, chunk.chunk_index + 1, chunk.fields)
+
+
+@dataclass
+class RenderedChunk:
+    session_id: str
+    chunk_index: int
+    output: ChunkOutput
+    fields: dict[str, bytes]

@@ -1,0 +1,122 @@
+"""The whole pipeline in one process: text → orchestrator → renderer → live fMP4, no servers.
+
+The same engines as the services (orchestrator engine, render engine, session store interface),
+wired directly, with the in-process session store. Used by `streamchar say` and the in-process
+benchmark.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streamchar.engine.orchestration import EmbeddedLMBackend, OrchestratorEngine
+from streamchar.engine.protocol import OrchestratorProtocol, ProtocolConfig
+from streamchar.engine.rendering import ChunkOutput, RenderEngine, RendererModels, SessionRenderer
+from streamchar.errors import InvalidInput
+from streamchar.media.mux import FragmentedMP4Muxer
+from streamchar.models.bundle import load_orchestrator, load_renderer
+from streamchar.session import SessionMeta, decode_reference
+from streamchar.state.store import MemorySessionStore
+from streamchar.timebase import TimeBase
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    checkpoint: str = ""
+    steps: int = 4
+    guidance: float = 1.0
+    seed: int = 0
+    keyframe_interval_frames: int = 24
+    protocol: ProtocolConfig = ProtocolConfig()
+
+
+@dataclass
+class ChunkRecord:
+    chunk_index: int
+    pointer_end: int
+    orchestrate_seconds: float
+    render_seconds: float
+    mux_seconds: float
+
+
+@dataclass
+class SpeakResult:
+    chunks: list[ChunkRecord] = field(default_factory=list)
+    trained: bool = False
+    wall_seconds: float = 0.0
+
+
+class Pipeline:
+    """Loaded models + engines; `speak` can be called for many texts."""
+
+    def __init__(self, config: PipelineConfig, time_base: TimeBase = TimeBase()) -> None:
+        self.config = config
+        self.time_base = time_base
+        lm, vocab, lm_trained = load_orchestrator(config.checkpoint or None)
+        self.renderer_models: RendererModels = load_renderer(config.checkpoint or None, time_base=time_base)
+        self.trained = lm_trained and self.renderer_models.trained
+        self.store = MemorySessionStore()
+        self._lm_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lm")
+        self._render_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
+        self.orchestrator = OrchestratorEngine(
+            self.store, EmbeddedLMBackend(lm), vocab,
+            OrchestratorProtocol(vocab, time_base.frames_per_chunk, config.protocol), self._lm_executor)
+        self.render_engine = RenderEngine(self.renderer_models, config.steps, config.guidance, 1, self._render_executor)
+        self.session_renderer = SessionRenderer(self.store, self.render_engine)
+
+    async def close(self) -> None:
+        await self.render_engine.close()
+        self._lm_executor.shutdown(wait=False)
+        self._render_executor.shutdown(wait=False)
+
+    async def chunks(self, text: str, reference_image: bytes, voice: str = "",
+                     result: SpeakResult | None = None) -> AsyncIterator[tuple[int, ChunkOutput]]:
+        """Yield (chunk_index, output) for the whole text, chunk by chunk."""
+        if not text.strip():
+            raise InvalidInput("text is empty")
+        meta = SessionMeta.new(decode_reference(reference_image, self.renderer_models.image_size), voice=voice,
+                               seed=self.config.seed)
+        await meta.create(self.store)
+        await self.orchestrator.append_text(meta.session_id, text, 0)
+        await self.orchestrator.end_text(meta.session_id)
+        k = 0
+        try:
+            while True:
+                t0 = time.perf_counter()
+                cond = await self.orchestrator.try_next(meta.session_id, k, allow_fill=False)
+                if cond is None:
+                    return
+                t1 = time.perf_counter()
+                rendered = await self.session_renderer.render(meta, k, cond.plan.units)
+                await self.session_renderer.commit(rendered)
+                out = rendered.output
+                if result is not None:
+                    result.chunks.append(ChunkRecord(k, cond.plan.pointer_end, t1 - t0, out.seconds, 0.0))
+                yield k, out
+                k += 1
+        finally:
+            await self.store.delete(meta.session_id)
+
+    async def speak_to_mp4(self, text: str, reference_image: bytes, voice: str = "",
+                           progress=None) -> tuple[bytes, SpeakResult]:
+        """Render the text to fragmented MP4 bytes (init segment + one fragment per chunk)."""
+        tb = self.time_base
+        size = self.renderer_models.image_size
+        muxer = FragmentedMP4Muxer(size, size, tb.fps, tb.sample_rate, self.config.keyframe_interval_frames)
+        result = SpeakResult(trained=self.trained)
+        parts = [muxer.init_segment()]
+        started = time.perf_counter()
+        async for k, out in self.chunks(text, reference_image, voice, result):
+            t0 = time.perf_counter()
+            parts.append(muxer.add_chunk(out.frames, out.pcm.astype(np.float32)))
+            result.chunks[-1].mux_seconds = time.perf_counter() - t0
+            if progress is not None:
+                progress(k, result.chunks[-1].pointer_end, len(text))
+        parts.append(muxer.close())
+        result.wall_seconds = time.perf_counter() - started
+        return b"".join(parts), result
