@@ -54,6 +54,30 @@ async def guarded_stream(service: str, context: grpc.aio.ServicerContext, stream
         await context.abort(code, message)
 
 
+class StreamWriter:
+    """The one writer of a client stream: grpc.aio allows one `write` in flight per call, and
+    several tasks (text forwarding, pulls, acks) need to write, so they queue here instead."""
+
+    def __init__(self, call: grpc.aio.StreamStreamCall) -> None:
+        self.call = call
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self.call.write(await self._queue.get())
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+            pass  # the call failed or finished: its reader reports why
+
+    def send(self, request: Any) -> None:
+        self._queue.put_nowait(request)
+
+    def close(self) -> None:
+        self._task.cancel()
+        self.call.cancel()
+
+
 @dataclass
 class RunningServer:
     """A started service: its bound port, and how to stop it (what `serve_until_signal` calls)."""

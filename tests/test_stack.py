@@ -38,3 +38,91 @@ async def test_text_streamed_through_gateway_decodes_and_redis_holds_session(sta
     assert pointers == sorted(pointers) and pointers[-1] == len(sent)
     stored = stack.redis.client().hget(session_key(result.session_id), "render.chunk_index")
     assert int(stored) == n
+
+
+@pytest.mark.asyncio
+async def test_one_span_per_chunk_in_each_service_all_in_the_session_trace(stack, character_png, spans):
+    async with AsyncClient(stack.gateway) as client:
+        result = await client.speak("Tracing every chunk through three services.", character_png)
+    from opentelemetry import trace
+
+    trace.get_tracer_provider().force_flush()
+    mine = [s for s in spans.get_finished_spans() if s.attributes.get("streamchar.session_id") == result.session_id]
+    session_spans = [s for s in mine if s.name == "session"]
+    assert len(session_spans) == 1
+    trace_id = session_spans[0].context.trace_id
+    n = len(result.chunk_indices)
+    for name in ("gateway.chunk", "renderer.chunk", "orchestrator.chunk"):
+        per_chunk = sorted(s.attributes["streamchar.chunk_index"] for s in mine if s.name == name)
+        assert per_chunk == list(range(n)), name
+    assert {s.context.trace_id for s in mine} == {trace_id}
+    # chunk spans hang under the session span (directly, or via the propagated remote parent)
+    assert all(s.parent is not None and s.parent.span_id == session_spans[0].context.span_id
+               for s in mine if s.name.endswith(".chunk"))
+
+
+LONG_TEXT = " ".join(["This is a long paragraph that keeps the renderer busy for many chunks."] * 30)
+
+
+async def _read_until_chunks(session, n: int) -> list:
+    events = []
+    async for event in session.events():
+        events.append(event)
+        if sum(1 for e in events if e.WhichOneof("event") == "segment") >= n:
+            return events
+    raise AssertionError("stream ended early")
+
+
+@pytest.mark.asyncio
+async def test_client_disconnect_stops_rendering_after_the_chunk_in_flight(stack, character_png, spans):
+    import asyncio
+    import time
+
+    from opentelemetry import trace
+
+    async with AsyncClient(stack.gateway) as client:
+        session = await client.open_session(character_png)
+        await session.send_text(LONG_TEXT)
+        await session.end_text()
+        events = await _read_until_chunks(session, 2)
+        session_id = events[0].started.session_id
+        session.cancel()
+        left_at = time.time_ns()
+        await asyncio.sleep(2.0)
+    trace.get_tracer_provider().force_flush()
+    mine = [s for s in spans.get_finished_spans() if s.attributes.get("streamchar.session_id") == session_id]
+    rendered = [s for s in mine if s.name == "renderer.chunk"]
+    after = [s for s in rendered if s.start_time > left_at]
+    assert len(after) <= 1, f"{len(after)} chunks started rendering after the client left"
+    # unpaced, the renderer would otherwise have gone on: the text is dozens of chunks long
+    assert len(rendered) <= 2 + 3
+    orchestrated_after = [s for s in mine if s.name == "orchestrator.chunk" and s.start_time > left_at]
+    assert len(orchestrated_after) <= 2
+
+
+@pytest.mark.asyncio
+async def test_interrupt_flushes_unspoken_text_and_ends(stack, character_png):
+    from streamchar.client import SpeechResult
+    from streamchar.v1 import common_pb2
+
+    async with AsyncClient(stack.gateway) as client:
+        session = await client.open_session(character_png)
+        await session.send_text(LONG_TEXT)
+        await session.end_text()
+        result = SpeechResult()
+        interrupted_at = None
+        async for event in session.events():
+            result.add(event)
+            kind = event.WhichOneof("event")
+            if kind == "segment" and len(result.chunk_indices) == 2:
+                await session.interrupt()
+            elif kind == "interrupted":
+                interrupted_at = event.interrupted.next_chunk_index
+    assert interrupted_at is not None and interrupted_at >= 2
+    assert result.end.reason == common_pb2.END_REASON_INTERRUPTED
+    n = len(result.chunk_indices)
+    assert result.chunk_indices == list(range(n))
+    assert n <= interrupted_at + 1  # at most a silent closing chunk after the interrupt point
+    assert result.progress[-1].pointer < len(LONG_TEXT)
+    frames, _, info = decode_mp4(result.media)
+    assert frames.shape[0] == n * TB.frames_per_chunk

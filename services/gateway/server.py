@@ -26,7 +26,8 @@ from opentelemetry import trace
 
 from streamchar.config import load_config
 from streamchar.errors import FailedPrecondition, InvalidInput, Unavailable
-from streamchar.grpcutil import RunningServer, build_server, channel_options, guarded_stream, serve_until_signal
+from streamchar.grpcutil import RunningServer, StreamWriter, build_server, channel_options, guarded_stream, \
+    serve_until_signal
 from streamchar.logutil import session_logger, setup_logging
 from streamchar.media.mux import FragmentedMP4Muxer
 from streamchar.session import SessionMeta, decode_reference
@@ -50,7 +51,7 @@ class GatewayConfig:
     default_lead_seconds: float = 1.0
     keyframe_interval_frames: int = 24
     # Reconnections to a renderer per session before giving up with UNAVAILABLE.
-    renderer_retries: int = 5
+    renderer_retries: int = 8
     renderer_retry_seconds: float = 0.5
     otlp_endpoint: str = ""
     metrics_port: int = 0
@@ -105,29 +106,6 @@ class _Session:
 
     def text_from(self, offset: int) -> str:
         return "".join(self.text)[offset:]
-
-
-class _RendererLink:
-    """One Render call: a single writer task owns `write` (acks, text and interrupts interleave)."""
-
-    def __init__(self, call: Any) -> None:
-        self.call = call
-        self.queue: asyncio.Queue[renderer_pb2.RenderRequest] = asyncio.Queue()
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                await self.call.write(await self.queue.get())
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
-            pass  # the read side reports the call's failure
-
-    def send(self, request: renderer_pb2.RenderRequest) -> None:
-        self.queue.put_nowait(request)
-
-    def close(self) -> None:
-        self.task.cancel()
-        self.call.cancel()
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
@@ -203,7 +181,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         playback_start: float | None = None
         retries = 0
         while True:
-            link = _RendererLink(self.renderer.Render(metadata=outgoing_metadata(trace_ctx)))
+            link = StreamWriter(self.renderer.Render(metadata=outgoing_metadata(trace_ctx)))
             events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
             tasks: list[asyncio.Task[None]] = []
             try:
@@ -271,13 +249,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                     raise
                 retries += 1
                 log.warning("renderer unavailable (%s); reconnecting, attempt %d", e.details(), retries)
-                await asyncio.sleep(self.config.renderer_retry_seconds * retries)
+                await asyncio.sleep(min(self.config.renderer_retry_seconds * retries, 2.0))
             finally:
                 for task in tasks:
                     task.cancel()
                 link.close()
 
-    async def _forward(self, session: _Session, link: _RendererLink, held: int) -> None:
+    async def _forward(self, session: _Session, link: StreamWriter, held: int) -> None:
         """Send the text the orchestrator does not hold yet, then everything new as it arrives."""
         sent, ended_sent, interrupts_sent = held, False, session.interrupts
         while True:
@@ -294,7 +272,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             session.changed.clear()
             await session.changed.wait()
 
-    async def _read_renderer(self, link: _RendererLink, events: asyncio.Queue[tuple[str, Any]]) -> None:
+    async def _read_renderer(self, link: StreamWriter, events: asyncio.Queue[tuple[str, Any]]) -> None:
         try:
             while True:
                 msg = await link.call.read()
@@ -311,7 +289,7 @@ async def _relay_errors(source: asyncio.Queue[BaseException], events: asyncio.Qu
     await events.put(("error", await source.get()))
 
 
-async def _ack_after(link: _RendererLink, chunk_index: int, delay: float) -> None:
+async def _ack_after(link: StreamWriter, chunk_index: int, delay: float) -> None:
     if delay > 0:
         await asyncio.sleep(delay)
     link.send(renderer_pb2.RenderRequest(ack=renderer_pb2.Ack(chunk_index=chunk_index)))

@@ -126,21 +126,23 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServicer):
                 if interrupts:
                     continue  # pulled before a pending interrupt: void
                 chunk_index = cmd.pull.chunk_index
-                with self.tracer.start_as_current_span("orchestrator.chunk", context=parent) as span:
-                    span.set_attribute("streamchar.session_id", session_id)
-                    span.set_attribute("streamchar.chunk_index", chunk_index)
-                    started = time.perf_counter()
-                    cond = await self._next(session_id, chunk_index, meta.realtime, text_event, lambda: interrupts > 0)
-                    if cond is None and interrupts:
-                        span.set_attribute("streamchar.voided", True)
-                        continue
-                    record_chunk(SERVICE, "conditions", time.perf_counter() - started)
+                started_ns = time.time_ns()
+                started = time.perf_counter()
+                cond = await self._next(session_id, chunk_index, meta.realtime, text_event, lambda: interrupts > 0)
+                if cond is None and interrupts:
+                    continue  # voided by an interrupt that arrived while waiting for text
                 if cond is None:
                     yield orchestrator_pb2.OrchestrateResponse(end=common_pb2.End(
                         reason=common_pb2.END_REASON_COMPLETED, chunks=chunk_index))
                     return
+                record_chunk(SERVICE, "conditions", time.perf_counter() - started)
+                # Started by hand so that pulls answered by End leave no chunk span behind.
+                span = self.tracer.start_span("orchestrator.chunk", context=parent, start_time=started_ns)
+                span.set_attribute("streamchar.session_id", session_id)
+                span.set_attribute("streamchar.chunk_index", chunk_index)
+                span.set_attribute("streamchar.pointer_end", cond.plan.pointer_end)
+                span.end()
                 p = cond.plan
-                span.set_attribute("streamchar.pointer_end", p.pointer_end)
                 yield orchestrator_pb2.OrchestrateResponse(conditions=orchestrator_pb2.AudioConditions(
                     chunk_index=chunk_index, units=p.units, pointer_start=p.pointer_start,
                     pointer_end=p.pointer_end, fill=p.fill, final=p.final))

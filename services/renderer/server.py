@@ -26,7 +26,8 @@ import torch
 from streamchar.config import load_config
 from streamchar.engine.rendering import RenderedChunk, RenderEngine, SessionRenderer
 from streamchar.errors import FailedPrecondition, InvalidInput, Unavailable
-from streamchar.grpcutil import RunningServer, build_server, channel_options, guarded_stream, serve_until_signal
+from streamchar.grpcutil import RunningServer, StreamWriter, build_server, channel_options, guarded_stream, \
+    serve_until_signal
 from streamchar.logutil import session_logger, setup_logging
 from streamchar.models.bundle import load_renderer
 from streamchar.session import SessionMeta
@@ -95,13 +96,13 @@ class RendererService(renderer_pb2_grpc.RendererServicer):
         parent = incoming_context(context.invocation_metadata())
         tb = self.models.time_base
 
-        upstream = self.orchestrator.Orchestrate(metadata=outgoing_metadata(parent))
+        upstream = StreamWriter(self.orchestrator.Orchestrate(metadata=outgoing_metadata(parent)))
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         tasks: list[asyncio.Task[None]] = []
         try:
-            await upstream.write(orchestrator_pb2.OrchestrateRequest(
+            upstream.send(orchestrator_pb2.OrchestrateRequest(
                 start=orchestrator_pb2.OrchestrateStart(session_id=session_id)))
-            started = await upstream.read()
+            started = await upstream.call.read()
             if started is grpc.aio.EOF or started.WhichOneof("event") != "started":
                 raise Unavailable("orchestrator ended the session before starting it")
             SESSIONS.labels(SERVICE).inc()
@@ -119,17 +120,17 @@ class RendererService(renderer_pb2_grpc.RendererServicer):
         finally:
             for task in tasks:
                 task.cancel()
-            upstream.cancel()
+            upstream.close()
 
     async def _read_client(self, requests: AsyncIterator[renderer_pb2.RenderRequest],
-                           upstream: Any, events: asyncio.Queue[tuple[str, Any]]) -> None:
+                           upstream: StreamWriter, events: asyncio.Queue[tuple[str, Any]]) -> None:
         try:
             async for req in requests:
                 kind = req.WhichOneof("event")
                 if kind == "text":
-                    await upstream.write(orchestrator_pb2.OrchestrateRequest(text=req.text))
+                    upstream.send(orchestrator_pb2.OrchestrateRequest(text=req.text))
                 elif kind == "end_of_text":
-                    await upstream.write(orchestrator_pb2.OrchestrateRequest(end_of_text=req.end_of_text))
+                    upstream.send(orchestrator_pb2.OrchestrateRequest(end_of_text=req.end_of_text))
                 elif kind in ("interrupt", "ack"):
                     await events.put((kind, req.ack.chunk_index if kind == "ack" else None))
                 else:
@@ -138,10 +139,10 @@ class RendererService(renderer_pb2_grpc.RendererServicer):
         except BaseException as e:  # handed to the response loop, which owns the status
             await events.put(("error", e))
 
-    async def _read_upstream(self, upstream: Any, events: asyncio.Queue[tuple[str, Any]]) -> None:
+    async def _read_upstream(self, upstream: StreamWriter, events: asyncio.Queue[tuple[str, Any]]) -> None:
         try:
             while True:
-                msg = await upstream.read()
+                msg = await upstream.call.read()
                 if msg is grpc.aio.EOF:
                     await events.put(("error", Unavailable("orchestrator closed the session stream")))
                     return
@@ -149,7 +150,7 @@ class RendererService(renderer_pb2_grpc.RendererServicer):
         except BaseException as e:
             await events.put(("error", e))
 
-    async def _chunks(self, meta: SessionMeta, k: int, upstream: Any, events: asyncio.Queue[tuple[str, Any]],
+    async def _chunks(self, meta: SessionMeta, k: int, upstream: StreamWriter, events: asyncio.Queue[tuple[str, Any]],
                       parent: Any) -> AsyncIterator[renderer_pb2.RenderResponse]:
         """The session's event loop: pull conditions, render within the ack window, handle interrupts."""
         acked = k - 1
@@ -159,7 +160,7 @@ class RendererService(renderer_pb2_grpc.RendererServicer):
         upstream_end: common_pb2.End | None = None
         while True:
             while not interrupting and upstream_end is None and not final_pulled and next_pull < k + PREFETCH:
-                await upstream.write(orchestrator_pb2.OrchestrateRequest(pull=orchestrator_pb2.Pull(chunk_index=next_pull)))
+                upstream.send(orchestrator_pb2.OrchestrateRequest(pull=orchestrator_pb2.Pull(chunk_index=next_pull)))
                 next_pull += 1
             if not interrupting and k in conditions and k <= acked + self.config.window:
                 cond = conditions.pop(k)
@@ -189,7 +190,7 @@ class RendererService(renderer_pb2_grpc.RendererServicer):
                     # Conditions already pulled speak the dropped text: void them and restart at k.
                     interrupting = interrupted_any = True
                     conditions.clear()
-                    await upstream.write(orchestrator_pb2.OrchestrateRequest(
+                    upstream.send(orchestrator_pb2.OrchestrateRequest(
                         interrupt=common_pb2.Interrupted(next_chunk_index=k)))
             elif kind == "interrupted":
                 interrupting = final_pulled = False

@@ -39,6 +39,14 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {1, tonumber(ARGV[3])}
 """
 
+# KEYS[1] session hash. ARGV: ttl ms, then field/value pairs. 0 if the session already exists.
+_CREATE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
 
 def session_key(session_id: str) -> str:
     return f"{KEY_PREFIX}{session_id}"
@@ -74,6 +82,7 @@ class RedisSessionStore:
         self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout_seconds,
                                               socket_connect_timeout=timeout_seconds)
         self._commit = self._redis.register_script(_COMMIT_LUA)
+        self._create = self._redis.register_script(_CREATE_LUA)
 
     async def ping(self) -> None:
         try:
@@ -82,13 +91,11 @@ class RedisSessionStore:
             raise Unavailable(f"session store at {self.url} unavailable: {e}") from None
 
     async def create(self, session_id: str, fields: Mapping[str, bytes]) -> None:
-        key = session_key(session_id)
+        args: list[bytes | str | int] = [self.ttl_ms, "meta.created_at", repr(time.time())]
+        for k, v in fields.items():
+            args += [k, v]
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hsetnx(key, "meta.created_at", repr(time.time()))
-                pipe.hset(key, mapping=dict(fields))
-                pipe.pexpire(key, self.ttl_ms)
-                created, *_ = await pipe.execute()
+            created = await self._create(keys=[session_key(session_id)], args=args)
         except redis.exceptions.RedisError as e:
             raise Unavailable(f"session store unavailable: {e}") from None
         if not created:
