@@ -43,6 +43,14 @@ def wait_serving(address: str, timeout: float, process: subprocess.Popen | None 
     raise TimeoutError(f"{address} not serving after {timeout:.0f}s")
 
 
+def child_env(**overrides: str) -> dict[str, str]:
+    """This process's environment without STREAMCHAR_* settings, with the repository importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMCHAR_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    env.update(overrides)
+    return env
+
+
 def start_redis() -> tuple[subprocess.Popen, str]:
     exe = shutil.which("redis-server")
     if exe is None:
@@ -106,9 +114,7 @@ def start_stack(store_url: str | None = None, checkpoint: str = "", log_dir: Pat
     redis_proc = None
     if store_url is None:
         redis_proc, store_url = start_redis()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMCHAR_")}
-    env.update({
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")])),
+    env = child_env(**{
         "STREAMCHAR_STORE_URL": store_url, "STREAMCHAR_CHECKPOINT": checkpoint,
         "STREAMCHAR_ORCHESTRATOR_ADDRESS": addr["orchestrator"], "STREAMCHAR_RENDERER_ADDRESS": addr["renderer"],
         **(extra_env or {}),

@@ -1,0 +1,3 @@
+from streamchar.cli import main
+
+main()

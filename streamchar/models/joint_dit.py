@@ -1,0 +1,353 @@
+"""Joint audio-video diffusion transformer that denoises one chunk with clean context.
+
+One sequence holds, per sample: the chunk's noisy video patches and noisy mel-frame audio tokens,
+the previous chunk's last ``Fm`` frames (motion), the session's first chunk (sink) and the
+reference image. Every token attends to every unmasked token (bidirectional over the local
+window), so audio and video of the chunk are denoised together and stay in sync.
+
+Shapes (see ``streamchar.timebase``): B batch, F frames per chunk, Fm motion frames, C/h/w video
+latent channels/size, p patch, T = (h/p)*(w/p) patches per frame, m mel frames per video frame,
+M = F*m, Mm = Fm*m, Ca audio latent channels (= n_mels), D width, N tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Roles index the role embedding; token order inside each modality follows this order too.
+ROLE_NOISY, ROLE_MOTION, ROLE_SINK, ROLE_REF = 0, 1, 2, 3
+MODALITY_VIDEO, MODALITY_AUDIO = 0, 1
+
+
+@dataclass(frozen=True)
+class JointDiTConfig:
+    video_channels: int = 8  # C, the video codec's latent channels
+    video_latent_size: int = 8  # h = w
+    patch_size: int = 2
+    audio_channels: int = 64  # Ca, the audio codec's n_mels
+    frames_per_chunk: int = 8  # F
+    motion_frames: int = 2  # Fm
+    mel_per_frame: int = 4  # m
+    num_units: int = 100  # K; ids K (silence/wait) and K+1 (CFG null) are added on top
+    width: int = 128
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    cond_dropout: float = 0.1
+    # Fixed time positions (in video frames) of the sink chunk's first frame and of the
+    # reference image: they must not depend on the chunk index, or positions would grow with
+    # session length, and they sit far from [-Fm, F) so they never alias motion/noisy frames.
+    sink_position: float = -32.0
+    ref_position: float = -48.0
+
+    def __post_init__(self) -> None:
+        if self.video_latent_size % self.patch_size:
+            raise ValueError("video_latent_size must be a multiple of patch_size")
+        if self.width % self.num_heads:
+            raise ValueError("width must be a multiple of num_heads")
+        if self.width % 2:
+            raise ValueError("width must be even for the sinusoidal embeddings")
+        if not 0.0 <= self.cond_dropout <= 1.0:
+            raise ValueError("cond_dropout must be in [0, 1]")
+
+    @property
+    def patches_per_frame(self) -> int:
+        return (self.video_latent_size // self.patch_size) ** 2
+
+    @property
+    def silence_unit(self) -> int:
+        return self.num_units
+
+    @property
+    def null_unit(self) -> int:
+        return self.num_units + 1
+
+
+PRESETS: dict[str, JointDiTConfig] = {
+    # 2-core CPU real time: 1.3M params, 376 tokens (64x64 frames as 8x8x8 latents, 64 mels),
+    # ~11-13 ms a forward at B=1, so a 4-step chunk fits well inside its 320 ms of playback.
+    "tiny": JointDiTConfig(),
+    # One H100: 1.2B params. 512x512 frames through a /8 VAE with 16 channels -> 64x64x16
+    # latents; patch 4 keeps 256 tokens a frame, 4936 tokens a window, ~12 TFLOP a forward, so 4
+    # bf16 steps fit a 320 ms chunk. Patch 2 would be 4x the tokens and ~10x the attention cost.
+    "paper": JointDiTConfig(
+        video_channels=16,
+        video_latent_size=64,
+        patch_size=4,
+        audio_channels=80,
+        num_units=500,
+        width=1536,
+        depth=28,
+        num_heads=24,
+    ),
+}
+
+
+def sinusoidal_embedding(positions: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """[...] float positions -> [..., dim] (cos | sin), frequencies from 1 down to 1/max_period."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=positions.device) / half
+    )
+    angles = positions.float()[..., None] * freqs  # [..., half]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+class TimestepEmbedder(nn.Module):
+    """Noise level t in [0, 1] -> [B, D] conditioning vector."""
+
+    def __init__(self, width: int, frequency_dim: int = 256) -> None:
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t: Tensor) -> Tensor:
+        # x1000 puts t on the integer-step scale the sinusoid frequencies were designed for.
+        return self.mlp(sinusoidal_embedding(t * 1000.0, self.frequency_dim).to(self.mlp[0].weight.dtype))
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+        """x [B, N, D], attn_mask [B, 1, 1, N] bool (True = key may be attended) -> [B, N, D]."""
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, heads, N, D/heads]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(width, num_heads)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        # Exact (erf) GELU: the tanh approximation is several times slower on CPU.
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+
+    def forward(self, x: Tensor, c: Tensor, attn_mask: Tensor) -> Tensor:
+        """x [B, N, D], c [B, D] -> [B, N, D]."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            self.adaLN_modulation(c)[:, None].chunk(6, dim=-1)  # 6 x [B, 1, D]
+        )
+        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), attn_mask)
+        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, width: int, out_features: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.linear = nn.Linear(width, out_features)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        """x [B, N, D], c [B, D] -> [B, N, out_features]."""
+        shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class JointAudioVideoDiT(nn.Module):
+    """Single-stream DiT: both modalities share every block; embeddings tell them apart."""
+
+    Config = JointDiTConfig
+
+    def __init__(self, config: JointDiTConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        T, D = c.patches_per_frame, c.width
+        self.video_embed = nn.Linear(c.video_channels * c.patch_size**2, D)
+        self.audio_embed = nn.Linear(c.audio_channels, D)
+        self.video_spatial_embed = nn.Parameter(torch.zeros(T, D))
+        self.role_embed = nn.Embedding(4, D)
+        self.modality_embed = nn.Embedding(2, D)
+        self.unit_embed = nn.Embedding(c.num_units + 2, D)
+        self.t_embedder = TimestepEmbedder(D)
+        self.blocks = nn.ModuleList([DiTBlock(D, c.num_heads, c.mlp_ratio) for _ in range(c.depth)])
+        self.video_final = FinalLayer(D, c.video_channels * c.patch_size**2)
+        self.audio_final = FinalLayer(D, c.audio_channels)
+
+        # Token layout: video [noisy F | motion Fm | sink F | ref 1] frames of T patches each,
+        # then audio [noisy M | motion Mm | sink M] mel frames. Derived from the config, so the
+        # buffers are not saved.
+        Fc, Fm, m = c.frames_per_chunk, c.motion_frames, c.mel_per_frame
+        video_frame_time = torch.cat([
+            torch.arange(Fc, dtype=torch.float32),
+            torch.arange(-Fm, 0, dtype=torch.float32),
+            c.sink_position + torch.arange(Fc, dtype=torch.float32),
+            torch.tensor([c.ref_position]),
+        ])
+        audio_time = torch.cat([
+            torch.arange(Fc * m, dtype=torch.float32) / m,
+            torch.arange(-Fm * m, 0, dtype=torch.float32) / m,
+            c.sink_position + torch.arange(Fc * m, dtype=torch.float32) / m,
+        ])
+        video_roles = torch.tensor([ROLE_NOISY] * Fc + [ROLE_MOTION] * Fm + [ROLE_SINK] * Fc + [ROLE_REF])
+        audio_roles = torch.tensor([ROLE_NOISY] * (Fc * m) + [ROLE_MOTION] * (Fm * m) + [ROLE_SINK] * (Fc * m))
+        token_time = torch.cat([video_frame_time.repeat_interleave(T), audio_time])  # [N]
+        self.num_video_tokens = video_frame_time.numel() * T
+        self.num_audio_tokens = audio_time.numel()
+        # Time is measured in mel frames so adjacent audio tokens are 1 radian apart at the
+        # highest frequency, and audio token k of frame f lands exactly on video frame f + k/m.
+        self.register_buffer("token_time_embedding", sinusoidal_embedding(token_time * m, D), persistent=False)
+        self.register_buffer("token_role", torch.cat([video_roles.repeat_interleave(T), audio_roles]), persistent=False)
+        self.register_buffer(
+            "token_modality",
+            torch.tensor([MODALITY_VIDEO] * self.num_video_tokens + [MODALITY_AUDIO] * self.num_audio_tokens),
+            persistent=False,
+        )
+        self.initialize_weights()
+
+    @property
+    def null_unit(self) -> int:
+        return self.config.null_unit
+
+    def initialize_weights(self) -> None:
+        def _basic_init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+        self.apply(_basic_init)
+        for embedding in (self.role_embed, self.modality_embed, self.unit_embed):
+            nn.init.normal_(embedding.weight, std=0.02)
+        nn.init.normal_(self.video_spatial_embed, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        # adaLN-Zero: zero gates make every block the identity at init, so the untrained network
+        # is a stable residual stream and conditioning is learned as a perturbation of it.
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        # Zero output layers start the velocity prediction at 0 (the mean of noise - x0 for
+        # centred data), which avoids large early losses and gradients.
+        for final in (self.video_final, self.audio_final):
+            nn.init.zeros_(final.adaLN_modulation[-1].weight)
+            nn.init.zeros_(final.adaLN_modulation[-1].bias)
+            nn.init.zeros_(final.linear.weight)
+            nn.init.zeros_(final.linear.bias)
+
+    def drop_units_for_cfg(self, units: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
+        """[B, F] -> [B, F]: each sample's units become all-null with probability p (CFG dropout).
+
+        Whole samples are dropped, not single frames, because guidance at sampling time contrasts
+        a fully conditioned pass with a fully unconditioned one.
+        """
+        drop = torch.rand(units.shape[0], generator=generator, device=units.device) < p  # [B]
+        return torch.where(drop[:, None], torch.full_like(units, self.null_unit), units)
+
+    def _patchify(self, video: Tensor) -> Tensor:
+        """[B, G, C, h, w] -> [B, G*T, C*p*p], patches row-major within a frame."""
+        B, G, C, h, w = video.shape
+        p = self.config.patch_size
+        x = video.reshape(B, G, C, h // p, p, w // p, p)
+        x = x.permute(0, 1, 3, 5, 2, 4, 6)  # [B, G, h/p, w/p, C, p, p]
+        return x.reshape(B, G * (h // p) * (w // p), C * p * p)
+
+    def _unpatchify(self, tokens: Tensor) -> Tensor:
+        """[B, F*T, C*p*p] -> [B, F, C, h, w]."""
+        c = self.config
+        B, p, s = tokens.shape[0], c.patch_size, c.video_latent_size // c.patch_size
+        x = tokens.reshape(B, c.frames_per_chunk, s, s, c.video_channels, p, p)
+        x = x.permute(0, 1, 4, 2, 5, 3, 6)  # [B, F, C, h/p, p, w/p, p]
+        return x.reshape(B, c.frames_per_chunk, c.video_channels, s * p, s * p)
+
+    def _position_embedding(self) -> Tensor:
+        """[N, D]: shared time + spatial (video only) + role + modality embeddings."""
+        frames = self.num_video_tokens // self.config.patches_per_frame
+        spatial = self.video_spatial_embed.repeat(frames, 1)  # [Gv*T, D]
+        spatial = F.pad(spatial, (0, 0, 0, self.num_audio_tokens))  # audio has no spatial axis
+        return (
+            self.token_time_embedding
+            + spatial
+            + self.role_embed(self.token_role)
+            + self.modality_embed(self.token_modality)
+        )
+
+    def forward(
+        self,
+        video_noisy: Tensor,
+        audio_noisy: Tensor,
+        t: Tensor,
+        units: Tensor,
+        ref_video: Tensor,
+        sink_video: Tensor,
+        sink_audio: Tensor,
+        motion_video: Tensor,
+        motion_audio: Tensor,
+        has_sink: Tensor,
+        has_motion: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Predict the flow-matching velocity (noise - x0) of the chunk's video and audio latents.
+
+        video_noisy [B, F, C, h, w], audio_noisy [B, M, Ca], t [B] in [0, 1] (1 = pure noise),
+        units [B, F] long in [0, K+1], ref_video [B, C, h, w], sink_video [B, F, C, h, w],
+        sink_audio [B, M, Ca], motion_video [B, Fm, C, h, w], motion_audio [B, Mm, Ca],
+        has_sink [B] bool, has_motion [B] bool (False: those tokens are hidden from attention and
+        their values are ignored).
+        Returns (video_velocity [B, F, C, h, w], audio_velocity [B, M, Ca]).
+        """
+        c = self.config
+        Fc, T, m = c.frames_per_chunk, c.patches_per_frame, c.mel_per_frame
+        video_shape = (Fc, c.video_channels, c.video_latent_size, c.video_latent_size)
+        if video_noisy.shape[1:] != video_shape:
+            raise ValueError(f"video_noisy has shape {tuple(video_noisy.shape)}; expected [B, *{video_shape}]")
+        if audio_noisy.shape[1:] != (Fc * m, c.audio_channels):
+            raise ValueError(
+                f"audio_noisy has shape {tuple(audio_noisy.shape)}; expected [B, {Fc * m}, {c.audio_channels}]"
+            )
+        if self.training and c.cond_dropout > 0:
+            units = self.drop_units_for_cfg(units, c.cond_dropout)
+
+        # 1. Tokenise: one projection per modality shared by all roles (same latent space).
+        video = torch.cat([video_noisy, motion_video, sink_video, ref_video[:, None]], dim=1)  # [B, Gv, C, h, w]
+        video_tokens = self.video_embed(self._patchify(video))  # [B, Gv*T, D]
+        audio = torch.cat([audio_noisy, motion_audio, sink_audio], dim=1)  # [B, 2M+Mm, Ca]
+        audio_tokens = self.audio_embed(audio)  # [B, 2M+Mm, D]
+
+        # 2. Speech units condition exactly the noisy tokens of their own frame, in both modalities.
+        unit = self.unit_embed(units)  # [B, F, D]
+        x = torch.cat(
+            [
+                video_tokens[:, : Fc * T] + unit.repeat_interleave(T, dim=1),
+                video_tokens[:, Fc * T :],
+                audio_tokens[:, : Fc * m] + unit.repeat_interleave(m, dim=1),
+                audio_tokens[:, Fc * m :],
+            ],
+            dim=1,
+        )  # [B, N, D]
+        x = x + self._position_embedding()
+
+        # 3. Key mask: absent context (chunk 0 has no sink/motion) is invisible to every query.
+        ones = torch.ones_like(has_sink, dtype=torch.bool)
+        available = torch.stack([ones, has_motion.bool(), has_sink.bool(), ones], dim=1)  # [B, 4 roles]
+        attn_mask = available[:, self.token_role][:, None, None, :]  # [B, 1, 1, N]
+
+        # 4. Transformer over the whole window, adaLN-conditioned on the noise level.
+        cond = self.t_embedder(t)  # [B, D]
+        for block in self.blocks:
+            x = block(x, cond, attn_mask)
+
+        # 5. Read out only the noisy tokens.
+        audio_start = self.num_video_tokens
+        video_velocity = self._unpatchify(self.video_final(x[:, : Fc * T], cond))  # [B, F, C, h, w]
+        audio_velocity = self.audio_final(x[:, audio_start : audio_start + Fc * m], cond)  # [B, M, Ca]
+        return video_velocity, audio_velocity

@@ -1,0 +1,101 @@
+"""Few-step rectified-flow sampler for one chunk.
+
+Convention: x_t = (1 - t) * x0 + t * noise, so t = 1 is pure noise and the model predicts the
+constant velocity dx_t/dt = noise - x0. Sampling integrates from t = 1 down to t = 0.
+
+Euler, not Heun: at the 4-step budget a chunk gets, Heun's second evaluation per step nearly
+doubles the forwards (7 instead of 4) for the same wall clock as ~7 Euler steps, and on
+rectified/straightened flows (the regime few-step models are trained into) Euler is already near
+exact; a perfectly straight flow is integrated exactly by a single Euler step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+
+class ChunkVelocityModel(Protocol):
+    """What the sampler needs from a model: ``JointAudioVideoDiT`` satisfies it."""
+
+    @property
+    def null_unit(self) -> int: ...
+
+    def __call__(
+        self, *, video_noisy: Tensor, audio_noisy: Tensor, t: Tensor, **cond: Tensor
+    ) -> tuple[Tensor, Tensor]: ...
+
+
+class FlowMatchingSampler:
+    def __init__(self, steps: int, guidance: float = 1.0, shift: float = 1.0) -> None:
+        """steps: model evaluations (x2 batch when guided); guidance: CFG scale on the speech
+        units (1 = off); shift > 1 spends more steps at high noise (SD3-style time shift)."""
+        if steps < 1:
+            raise ValueError("steps must be >= 1")
+        if shift <= 0:
+            raise ValueError("shift must be > 0")
+        self.steps = steps
+        self.guidance = guidance
+        self.shift = shift
+
+    def timesteps(self) -> Tensor:
+        """[steps + 1] noise levels from 1 down to 0."""
+        t = torch.linspace(1.0, 0.0, self.steps + 1, dtype=torch.float64)
+        return self.shift * t / (1 + (self.shift - 1) * t)
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        model: ChunkVelocityModel,
+        cond: Mapping[str, Tensor] | Any,
+        video_noise: Tensor,
+        audio_noise: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Denoise one chunk per batch row.
+
+        cond: the model's keyword inputs other than the noisy latents and t (units [B, F],
+        ref/sink/motion tensors, has_sink/has_motion [B]), as a mapping or a dataclass.
+        video_noise [B, F, C, h, w], audio_noise [B, M, Ca]: the t = 1 starting point, passed
+        in so the caller's seeded generator makes a chunk reproducible.
+        Returns (video_latents, audio_latents) with the noise shapes.
+        """
+        cond = _as_dict(cond)
+        guided = self.guidance != 1.0
+        if guided:
+            # Cond and null-unit uncond share one batched forward: one pass over the weights
+            # instead of two, and the context is identical so only the units differ.
+            units = torch.cat([cond["units"], torch.full_like(cond["units"], model.null_unit)])
+            cond = {name: torch.cat([value, value]) for name, value in cond.items()} | {"units": units}
+
+        video, audio = video_noise, audio_noise
+        rows = video.shape[0] * (2 if guided else 1)
+        levels = self.timesteps().tolist()
+        for t_now, t_next in itertools.pairwise(levels):
+            t = torch.full((rows,), t_now, dtype=video.dtype, device=video.device)
+            video_in = torch.cat([video, video]) if guided else video
+            audio_in = torch.cat([audio, audio]) if guided else audio
+            video_velocity, audio_velocity = model(video_noisy=video_in, audio_noisy=audio_in, t=t, **cond)
+            if guided:
+                video_velocity = _guide(video_velocity, self.guidance)
+                audio_velocity = _guide(audio_velocity, self.guidance)
+            video = video + (t_next - t_now) * video_velocity
+            audio = audio + (t_next - t_now) * audio_velocity
+        return video, audio
+
+
+def _guide(velocity: Tensor, guidance: float) -> Tensor:
+    """[2B, ...] (cond rows then uncond rows) -> [B, ...] classifier-free guided velocity."""
+    conditional, unconditional = velocity.chunk(2)
+    return unconditional + guidance * (conditional - unconditional)
+
+
+def _as_dict(cond: Mapping[str, Tensor] | Any) -> dict[str, Tensor]:
+    if dataclasses.is_dataclass(cond) and not isinstance(cond, type):
+        # Shallow on purpose: dataclasses.asdict would deep-copy every tensor.
+        return {field.name: getattr(cond, field.name) for field in dataclasses.fields(cond)}
+    return dict(cond)

@@ -1,0 +1,196 @@
+"""Joint DiT: shapes, context masking, batch independence, unit alignment, checkpoints, CFG dropout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streamchar.models.io import CheckpointError, load_module, save_module
+from streamchar.models.joint_dit import PRESETS, JointAudioVideoDiT, JointDiTConfig
+
+CONFIG = JointDiTConfig(width=32, depth=2, num_heads=2, num_units=10)
+
+
+def randomized_model(config: JointDiTConfig = CONFIG, seed: int = 0) -> JointAudioVideoDiT:
+    """The zero-initialised outputs would make every comparison trivially equal."""
+    torch.manual_seed(seed)
+    model = JointAudioVideoDiT(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.2)
+    return model
+
+
+def make_inputs(config: JointDiTConfig = CONFIG, batch: int = 2, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    Fc, Fm, m = config.frames_per_chunk, config.motion_frames, config.mel_per_frame
+    C, h, Ca = config.video_channels, config.video_latent_size, config.audio_channels
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g)
+
+    return {
+        "video_noisy": randn(batch, Fc, C, h, h),
+        "audio_noisy": randn(batch, Fc * m, Ca),
+        "t": torch.rand(batch, generator=g),
+        "units": torch.randint(0, config.num_units, (batch, Fc), generator=g),
+        "ref_video": randn(batch, C, h, h),
+        "sink_video": randn(batch, Fc, C, h, h),
+        "sink_audio": randn(batch, Fc * m, Ca),
+        "motion_video": randn(batch, Fm, C, h, h),
+        "motion_audio": randn(batch, Fm * m, Ca),
+        "has_sink": torch.ones(batch, dtype=torch.bool),
+        "has_motion": torch.ones(batch, dtype=torch.bool),
+    }
+
+
+def run(model: JointAudioVideoDiT, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        return model(**inputs)
+
+
+def test_output_shapes_and_zero_init() -> None:
+    model = JointAudioVideoDiT(CONFIG).eval()
+    inputs = make_inputs(batch=3)
+    video, audio = run(model, inputs)
+    assert video.shape == inputs["video_noisy"].shape
+    assert audio.shape == inputs["audio_noisy"].shape
+    # adaLN-Zero + zero final layers: an untrained model predicts zero velocity.
+    assert video.abs().max() == 0 and audio.abs().max() == 0
+
+
+def test_rejects_wrong_chunk_length() -> None:
+    inputs = make_inputs()
+    inputs["audio_noisy"] = inputs["audio_noisy"][:, :-1]
+    with pytest.raises(ValueError, match="audio_noisy"):
+        run(randomized_model(), inputs)
+
+
+@pytest.mark.parametrize(
+    "flag, keys", [("has_sink", ("sink_video", "sink_audio")), ("has_motion", ("motion_video", "motion_audio"))]
+)
+def test_absent_context_has_no_influence(flag: str, keys: tuple[str, ...]) -> None:
+    model = randomized_model()
+    inputs = make_inputs()
+    changed = dict(inputs)
+    for key in keys:
+        changed[key] = inputs[key] + 3.0 * torch.randn_like(inputs[key])
+
+    inputs[flag] = changed[flag] = torch.zeros(2, dtype=torch.bool)
+    for a, b in zip(run(model, inputs), run(model, changed)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+    inputs[flag] = changed[flag] = torch.ones(2, dtype=torch.bool)
+    for a, b in zip(run(model, inputs), run(model, changed)):
+        assert (a - b).abs().max() > 1e-3
+
+
+def test_context_flag_itself_changes_output() -> None:
+    model = randomized_model()
+    inputs = make_inputs()
+    without = dict(inputs, has_sink=torch.zeros(2, dtype=torch.bool))
+    assert (run(model, inputs)[0] - run(model, without)[0]).abs().max() > 1e-3
+
+
+def test_batch_rows_are_independent() -> None:
+    model = randomized_model()
+    inputs = make_inputs(batch=2)
+    inputs["has_sink"] = torch.tensor([True, False])
+    alone = {key: value[:1] for key, value in inputs.items()}
+    other = make_inputs(batch=2, seed=7)
+    mixed = {key: torch.cat([inputs[key][:1], other[key][1:]]) for key in inputs}
+
+    reference = run(model, alone)
+    for batched in (run(model, inputs), run(model, mixed)):
+        for a, b in zip(reference, batched):
+            torch.testing.assert_close(a, b[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_units_condition_their_own_frame_tokens() -> None:
+    model = randomized_model()
+    inputs = make_inputs(batch=1)
+    frame = 3
+    changed = dict(inputs, units=inputs["units"].clone())
+    changed["units"][0, frame] = (inputs["units"][0, frame] + 1) % CONFIG.num_units
+
+    captured = []
+    hook = model.blocks[0].register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    outputs, changed_outputs = run(model, inputs), run(model, changed)
+    hook.remove()
+
+    touched = (captured[0] - captured[1]).abs().amax(dim=-1)[0] > 0  # [N]
+    T, m = CONFIG.patches_per_frame, CONFIG.mel_per_frame
+    expected = torch.zeros_like(touched)
+    expected[frame * T : (frame + 1) * T] = True  # that frame's noisy video patches
+    audio_start = model.num_video_tokens
+    expected[audio_start + frame * m : audio_start + (frame + 1) * m] = True  # its mel frames
+    assert torch.equal(touched, expected)
+    # Attention then spreads the change to the whole chunk.
+    for a, b in zip(outputs, changed_outputs):
+        assert (a - b).abs().max() > 1e-3
+
+
+def test_silence_and_null_ids_are_valid_and_distinct() -> None:
+    model = randomized_model()
+    inputs = make_inputs(batch=1)
+    silence = dict(inputs, units=torch.full_like(inputs["units"], CONFIG.silence_unit))
+    null = dict(inputs, units=torch.full_like(inputs["units"], model.null_unit))
+    assert model.null_unit == CONFIG.num_units + 1
+    assert (run(model, silence)[1] - run(model, null)[1]).abs().max() > 1e-3
+    with pytest.raises(IndexError):
+        run(model, dict(inputs, units=torch.full_like(inputs["units"], CONFIG.num_units + 2)))
+
+
+def test_save_load_round_trip(tmp_path) -> None:
+    model = randomized_model()
+    save_module(model, model.config, tmp_path)
+    loaded = load_module(JointAudioVideoDiT, tmp_path)
+    assert loaded.config == model.config and not loaded.training
+    inputs = make_inputs()
+    for a, b in zip(run(model, inputs), run(loaded, inputs)):
+        assert torch.equal(a, b)
+
+
+def test_load_rejects_mismatched_checkpoints(tmp_path) -> None:
+    model = randomized_model()
+    save_module(model, model.config, tmp_path)
+    config_file = tmp_path / "config.json"
+    original = config_file.read_text()
+
+    config_file.write_text(original.replace('"depth": 2', '"depth": 3'))
+    with pytest.raises(CheckpointError, match="missing"):
+        load_module(JointAudioVideoDiT, tmp_path)
+
+    config_file.write_text(original.replace('"depth": 2', '"depth": 2, "dropout_p": 0.1'))
+    with pytest.raises(CheckpointError, match="dropout_p"):
+        load_module(JointAudioVideoDiT, tmp_path)
+
+
+def test_cfg_dropout_rate_and_whole_samples() -> None:
+    model = JointAudioVideoDiT(CONFIG)
+    units = torch.randint(0, CONFIG.num_units, (20_000, CONFIG.frames_per_chunk))
+    dropped = model.drop_units_for_cfg(units, 0.3, torch.Generator().manual_seed(0))
+    is_null = dropped == model.null_unit
+    rows_null = is_null.all(dim=1)
+    assert torch.equal(is_null.any(dim=1), rows_null)  # never partial
+    assert torch.equal(dropped[~rows_null], units[~rows_null])
+    assert abs(rows_null.float().mean().item() - 0.3) < 0.02
+    assert torch.equal(model.drop_units_for_cfg(units, 0.0), units)
+
+
+def test_training_forward_applies_cond_dropout() -> None:
+    config = JointDiTConfig(width=32, depth=2, num_heads=2, num_units=10, cond_dropout=1.0)
+    model = randomized_model(config)
+    inputs = make_inputs(config)
+    null = dict(inputs, units=torch.full_like(inputs["units"], model.null_unit))
+    expected = run(model, null)
+    model.train()
+    for a, b in zip(run(model, inputs), expected):
+        torch.testing.assert_close(a, b)
+
+
+def test_presets_build_consistent_configs() -> None:
+    assert set(PRESETS) == {"tiny", "paper"}
+    paper = PRESETS["paper"]
+    assert paper.patches_per_frame == 256 and paper.width % paper.num_heads == 0
+    JointAudioVideoDiT(PRESETS["tiny"])

@@ -1,0 +1,139 @@
+"""Flow-matching sampler: exactness on a known velocity field, forward counting, CFG batching."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from streamchar.models.joint_dit import JointAudioVideoDiT, JointDiTConfig
+from streamchar.models.sampler import FlowMatchingSampler
+
+NULL = 99
+
+
+class StraightFlow(nn.Module):
+    """Velocity of x_t = (1 - t) x0 + t noise towards a fixed x0: (x_t - x0) / t = noise - x0."""
+
+    null_unit = NULL
+
+    def __init__(self, video_x0: torch.Tensor, audio_x0: torch.Tensor, unit_bias: float = 0.0) -> None:
+        super().__init__()
+        self.video_x0, self.audio_x0 = video_x0, audio_x0
+        self.unit_bias = unit_bias  # adds a unit-dependent term so guidance is observable
+        self.calls: list[dict[str, torch.Tensor]] = []
+
+    def forward(self, video_noisy, audio_noisy, t, units, **context):
+        self.calls.append(dict(video_noisy=video_noisy, t=t, units=units, **context))
+        assert t.shape == (video_noisy.shape[0],) and units.shape[0] == video_noisy.shape[0]
+        copies = video_noisy.shape[0] // self.video_x0.shape[0]  # 2 when guided
+        video_x0, audio_x0 = torch.cat([self.video_x0] * copies), torch.cat([self.audio_x0] * copies)
+        bias = self.unit_bias * (units != NULL).float().mean(dim=1)  # [B]
+        video = (video_noisy - video_x0) / t.view(-1, 1, 1, 1, 1) + bias.view(-1, 1, 1, 1, 1)
+        audio = (audio_noisy - audio_x0) / t.view(-1, 1, 1)
+        return video, audio
+
+
+def shapes(batch: int = 2):
+    return (batch, 8, 4, 2, 2), (batch, 32, 6)
+
+
+def condition(batch: int = 2) -> dict[str, torch.Tensor]:
+    return {"units": torch.arange(8).repeat(batch, 1), "ref_video": torch.randn(batch, 4, 2, 2)}
+
+
+@pytest.mark.parametrize("steps, shift", [(1, 1.0), (4, 1.0), (4, 3.0)])
+def test_recovers_x0_of_a_straight_flow(steps: int, shift: float) -> None:
+    video_shape, audio_shape = shapes()
+    x0_video, x0_audio = torch.randn(video_shape), torch.randn(audio_shape)
+    model = StraightFlow(x0_video, x0_audio)
+    video, audio = FlowMatchingSampler(steps, shift=shift).sample(
+        model, condition(), torch.randn(video_shape), torch.randn(audio_shape)
+    )
+    torch.testing.assert_close(video, x0_video, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(audio, x0_audio, rtol=1e-5, atol=1e-5)
+    assert len(model.calls) == steps
+    assert model.calls[0]["t"][0].item() == 1.0  # starts at pure noise
+
+
+def test_schedule_is_decreasing_and_shift_favours_high_noise() -> None:
+    plain, shifted = FlowMatchingSampler(4).timesteps(), FlowMatchingSampler(4, shift=3.0).timesteps()
+    for levels in (plain, shifted):
+        assert levels[0] == 1 and levels[-1] == 0 and bool((levels.diff() < 0).all())
+    assert bool((shifted[1:-1] > plain[1:-1]).all())
+
+
+def test_guidance_batches_cond_and_uncond_in_one_forward() -> None:
+    video_shape, audio_shape = shapes(batch=3)
+    x0_video, x0_audio = torch.randn(video_shape), torch.randn(audio_shape)
+    noise = torch.randn(video_shape), torch.randn(audio_shape)
+    model = StraightFlow(x0_video, x0_audio, unit_bias=0.5)
+    cond = condition(batch=3)
+    video, audio = FlowMatchingSampler(4, guidance=3.0).sample(model, cond, *noise)
+    assert len(model.calls) == 4
+    for call in model.calls:
+        assert call["video_noisy"].shape[0] == 6
+        assert torch.equal(call["units"][:3], cond["units"])
+        assert bool((call["units"][3:] == NULL).all())
+        assert torch.equal(call["ref_video"][:3], call["ref_video"][3:])
+        assert torch.equal(call["video_noisy"][:3], call["video_noisy"][3:])
+    # uncond + 3 * (cond - uncond) turns the 0.5 unit bias into 1.5; audio ignores units.
+    expected_video, _ = FlowMatchingSampler(4).sample(StraightFlow(x0_video, x0_audio, unit_bias=1.5), cond, *noise)
+    torch.testing.assert_close(video, expected_video, rtol=1e-5, atol=1e-5)
+    assert (video - x0_video).abs().max() > 0.1
+    torch.testing.assert_close(audio, x0_audio, rtol=1e-5, atol=1e-5)
+
+
+def test_accepts_a_dataclass_condition() -> None:
+    @dataclass
+    class Cond:
+        units: torch.Tensor
+        ref_video: torch.Tensor
+
+    video_shape, audio_shape = shapes()
+    x0_video, x0_audio = torch.randn(video_shape), torch.randn(audio_shape)
+    model = StraightFlow(x0_video, x0_audio)
+    noise = torch.randn(video_shape), torch.randn(audio_shape)
+    video, _ = FlowMatchingSampler(2).sample(model, Cond(**condition()), *noise)
+    torch.testing.assert_close(video, x0_video, rtol=1e-5, atol=1e-5)
+
+
+def test_real_model_is_deterministic_given_noise() -> None:
+    torch.manual_seed(0)
+    config = JointDiTConfig(width=32, depth=2, num_heads=2, num_units=10)
+    model = JointAudioVideoDiT(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.2)
+    B, Fc, m = 2, config.frames_per_chunk, config.mel_per_frame
+    C, h, Ca = config.video_channels, config.video_latent_size, config.audio_channels
+    cond = {
+        "units": torch.randint(0, 10, (B, Fc)),
+        "ref_video": torch.randn(B, C, h, h),
+        "sink_video": torch.randn(B, Fc, C, h, h),
+        "sink_audio": torch.randn(B, Fc * m, Ca),
+        "motion_video": torch.randn(B, 2, C, h, h),
+        "motion_audio": torch.randn(B, 2 * m, Ca),
+        "has_sink": torch.tensor([True, False]),
+        "has_motion": torch.tensor([True, False]),
+    }
+
+    def sample(seed: int, guidance: float):
+        g = torch.Generator().manual_seed(seed)
+        noise = torch.randn(B, Fc, C, h, h, generator=g), torch.randn(B, Fc * m, Ca, generator=g)
+        return FlowMatchingSampler(4, guidance=guidance).sample(model, cond, *noise)
+
+    for guidance in (1.0, 2.5):
+        first, again, other = sample(5, guidance), sample(5, guidance), sample(6, guidance)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+        assert not torch.equal(first[0], other[0])
+    assert not torch.equal(sample(5, 1.0)[0], sample(5, 2.5)[0])
+
+
+def test_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        FlowMatchingSampler(0)
+    with pytest.raises(ValueError):
+        FlowMatchingSampler(4, shift=0.0)
