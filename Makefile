@@ -31,6 +31,7 @@ system-deps:
 
 test: install-dev system-deps
 	$(PY) scripts/gen_proto.py --check
+	$(VENV)/bin/ruff check streamchar services scripts tests
 	$(PY) -m pytest -q
 
 proto: install-dev

@@ -40,7 +40,7 @@ def cmd_say(args: argparse.Namespace) -> int:
     image = _read_character(args.character)
     pipeline = Pipeline(PipelineConfig(checkpoint=args.checkpoint, steps=args.steps, guidance=args.guidance,
                                        seed=args.seed))
-    bar = tqdm(total=len(args.text.encode()), unit="char", desc="speaking", disable=args.quiet)
+    bar = tqdm(total=len(args.text), unit="char", desc="speaking", disable=args.quiet)
 
     def progress(chunk: int, pointer: int, total: int) -> None:
         bar.update(pointer - bar.n)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -123,3 +123,23 @@ async def serve_until_signal(running: RunningServer, grace_seconds: float) -> No
     await stop.wait()
     log.info("shutting down (grace %.1fs)", grace_seconds)
     await running.stop(grace_seconds)
+
+
+def run_service(argv: list[str] | None, prog: str, description: str, config_cls: type,
+                start: Callable[[Any], Awaitable[RunningServer]]) -> None:
+    """A service's entry point: config from --config + environment, logging, serve until SIGTERM."""
+    import argparse
+
+    from streamchar.config import load_config
+    from streamchar.logutil import setup_logging
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", help="TOML file; STREAMCHAR_* environment variables override it")
+    args = parser.parse_args(argv)
+    config = load_config(config_cls, args.config)
+    setup_logging(config.log_level)
+
+    async def serve() -> None:
+        await serve_until_signal(await start(config), config.grace_seconds)
+
+    asyncio.run(serve())

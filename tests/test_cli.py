@@ -8,11 +8,10 @@ import sys
 
 import pytest
 
-from streamchar.media.mux import decode_mp4
-from streamchar.timebase import TimeBase
-
 from streamchar.localstack import ROOT
 from streamchar.localstack import child_env as service_env
+from streamchar.media.mux import decode_mp4
+from streamchar.timebase import TimeBase
 
 TB = TimeBase()
 
@@ -64,3 +63,24 @@ async def test_cli_client_reports_gateway_errors(stack, tmp_path):
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, stderr = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 2 and "INVALID_ARGUMENT" in stderr.decode()
+
+
+def test_serve_runs_the_stack_and_stops_on_sigterm(tmp_path, character_png):
+    import signal
+
+    from streamchar.client import Client
+
+    proc = subprocess.Popen([sys.executable, "-m", "streamchar", "serve", "--log-dir", str(tmp_path)], cwd=ROOT,
+                            env=service_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(6)]
+        gateway = next(line.split()[1] for line in lines if line.startswith("gateway"))
+        with Client(gateway) as client:
+            result = client.speak("Served locally.", character_png)
+        assert result.end is not None and result.chunk_indices == list(range(result.end.chunks))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+    for name in ("gateway", "renderer", "orchestrator"):
+        assert "shutting down" in (tmp_path / f"{name}.log").read_text(), name

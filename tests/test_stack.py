@@ -126,3 +126,49 @@ async def test_interrupt_flushes_unspoken_text_and_ends(stack, character_png):
     assert result.progress[-1].pointer < len(LONG_TEXT)
     frames, _, info = decode_mp4(result.media)
     assert frames.shape[0] == n * TB.frames_per_chunk
+
+
+@pytest.mark.asyncio
+async def test_barge_in_interrupt_then_new_text_continues_the_session(stack, character_png):
+    from streamchar.client import SpeechResult
+    from streamchar.v1 import common_pb2
+
+    first, second = LONG_TEXT, "Sorry, a new answer."
+    async with AsyncClient(stack.gateway) as client:
+        session = await client.open_session(character_png)
+        await session.send_text(first)  # no end of text: the chat model is still writing
+        result = SpeechResult()
+        async for event in session.events():
+            result.add(event)
+            kind = event.WhichOneof("event")
+            if kind == "segment" and len(result.chunk_indices) == 2:
+                await session.interrupt()
+            elif kind == "interrupted":
+                await session.send_text(second)
+                await session.end_text()
+    n = len(result.chunk_indices)
+    assert result.chunk_indices == list(range(n)) and result.end.chunks == n
+    assert result.end.reason == common_pb2.END_REASON_COMPLETED
+    # the pointer jumped over the dropped text and finished the new answer
+    assert result.progress[-1].pointer == len(first) + len(second)
+    assert result.progress[-1].text_received == len(first) + len(second)
+
+
+@pytest.mark.asyncio
+async def test_live_session_idles_with_filler_while_waiting_for_text(stack, character_png):
+    text = "Hi. "
+    async with AsyncClient(stack.gateway) as client:
+        session = await client.open_session(character_png, realtime=True, lead_seconds=0.5)
+        await session.send_text(text)
+        progress = []
+        async for event in session.events():
+            if event.WhichOneof("event") == "progress":
+                progress.append(event.progress)
+                if len(progress) == 5:
+                    await session.end_text()
+            elif event.WhichOneof("event") == "end":
+                break
+    # playback kept going while no text came: chunks after the text was spoken hold the pointer
+    assert len(progress) >= 5
+    assert progress[-1].pointer == len(text)
+    assert [p.chunk_index for p in progress] == list(range(len(progress)))

@@ -11,7 +11,6 @@ the store), resends the text the orchestrator does not hold, and drops chunks it
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import codecs
 import time
@@ -24,11 +23,16 @@ import numpy as np
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from streamchar.config import load_config
 from streamchar.errors import FailedPrecondition, InvalidInput, Unavailable
-from streamchar.grpcutil import RunningServer, StreamWriter, build_server, channel_options, guarded_stream, \
-    serve_until_signal
-from streamchar.logutil import session_logger, setup_logging
+from streamchar.grpcutil import (
+    RunningServer,
+    StreamWriter,
+    build_server,
+    channel_options,
+    guarded_stream,
+    run_service,
+)
+from streamchar.logutil import session_logger
 from streamchar.media.mux import FragmentedMP4Muxer
 from streamchar.session import SessionMeta, decode_reference
 from streamchar.state.store import SessionStore, open_store
@@ -328,14 +332,5 @@ async def start(config: GatewayConfig) -> RunningServer:
         lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(service, s), close)
 
 
-async def serve(config: GatewayConfig) -> None:
-    await serve_until_signal(await start(config), config.grace_seconds)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="streamchar-gateway", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="TOML file; STREAMCHAR_* environment variables override it")
-    args = parser.parse_args(argv)
-    config = load_config(GatewayConfig, args.config)
-    setup_logging(config.log_level)
-    asyncio.run(serve(config))
+    run_service(argv, "streamchar-gateway", __doc__.splitlines()[0], GatewayConfig, start)

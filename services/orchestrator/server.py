@@ -8,7 +8,6 @@ is waiting for text. Session state lives in the store (any replica can serve any
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import time
@@ -19,12 +18,11 @@ from dataclasses import dataclass
 import grpc
 import torch
 
-from streamchar.config import load_config
 from streamchar.engine.orchestration import Conditions, EmbeddedLMBackend, OrchestratorEngine, Starved
 from streamchar.engine.protocol import OrchestratorProtocol, ProtocolConfig
 from streamchar.errors import InvalidInput
-from streamchar.grpcutil import RunningServer, build_server, guarded_stream, serve_until_signal
-from streamchar.logutil import session_logger, setup_logging
+from streamchar.grpcutil import RunningServer, build_server, guarded_stream, run_service
+from streamchar.logutil import session_logger
 from streamchar.models.bundle import load_orchestrator
 from streamchar.session import SessionMeta
 from streamchar.state.store import SessionStore, open_store
@@ -198,14 +196,5 @@ async def start(config: OrchestratorConfig) -> RunningServer:
         lambda s: orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(service, s), close)
 
 
-async def serve(config: OrchestratorConfig) -> None:
-    await serve_until_signal(await start(config), config.grace_seconds)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="streamchar-orchestrator", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="TOML file; STREAMCHAR_* environment variables override it")
-    args = parser.parse_args(argv)
-    config = load_config(OrchestratorConfig, args.config)
-    setup_logging(config.log_level)
-    asyncio.run(serve(config))
+    run_service(argv, "streamchar-orchestrator", __doc__.splitlines()[0], OrchestratorConfig, start)

@@ -10,7 +10,6 @@ client that leaves costs at most the chunk in flight.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import time
@@ -23,17 +22,29 @@ import grpc
 import numpy as np
 import torch
 
-from streamchar.config import load_config
 from streamchar.engine.rendering import RenderedChunk, RenderEngine, SessionRenderer
 from streamchar.errors import FailedPrecondition, InvalidInput, Unavailable
-from streamchar.grpcutil import RunningServer, StreamWriter, build_server, channel_options, guarded_stream, \
-    serve_until_signal
-from streamchar.logutil import session_logger, setup_logging
+from streamchar.grpcutil import (
+    RunningServer,
+    StreamWriter,
+    build_server,
+    channel_options,
+    guarded_stream,
+    run_service,
+)
+from streamchar.logutil import session_logger
 from streamchar.models.bundle import load_renderer
 from streamchar.session import SessionMeta
 from streamchar.state.store import SessionStore, open_store
-from streamchar.telemetry import SESSIONS, incoming_context, outgoing_metadata, record_chunk, setup_tracing, \
-    start_metrics, tracer
+from streamchar.telemetry import (
+    SESSIONS,
+    incoming_context,
+    outgoing_metadata,
+    record_chunk,
+    setup_tracing,
+    start_metrics,
+    tracer,
+)
 from streamchar.timebase import TimeBase
 from streamchar.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc, renderer_pb2, renderer_pb2_grpc
 
@@ -129,6 +140,7 @@ class RendererService(renderer_pb2_grpc.RendererServicer):
                 kind = req.WhichOneof("event")
                 if kind == "text":
                     upstream.send(orchestrator_pb2.OrchestrateRequest(text=req.text))
+                    await events.put(("text", None))
                 elif kind == "end_of_text":
                     upstream.send(orchestrator_pb2.OrchestrateRequest(end_of_text=req.end_of_text))
                 elif kind in ("interrupt", "ack"):
@@ -156,7 +168,9 @@ class RendererService(renderer_pb2_grpc.RendererServicer):
         acked = k - 1
         next_pull = k
         conditions: dict[int, orchestrator_pb2.AudioConditions] = {}
-        final_pulled = interrupting = interrupted_any = False
+        # interrupted_last: the session's latest event was an interrupt (no text came after it), so
+        # its end is reported as INTERRUPTED rather than COMPLETED.
+        final_pulled = interrupting = interrupted_last = False
         upstream_end: common_pb2.End | None = None
         while True:
             while not interrupting and upstream_end is None and not final_pulled and next_pull < k + PREFETCH:
@@ -170,11 +184,11 @@ class RendererService(renderer_pb2_grpc.RendererServicer):
                 await self.sessions.commit(rendered)
                 k += 1
                 if cond.final:
-                    yield self._end(k, interrupted_any)
+                    yield self._end(k, interrupted_last)
                     return
                 continue
             if not interrupting and upstream_end is not None and k not in conditions:
-                yield self._end(k, interrupted_any)
+                yield self._end(k, interrupted_last)
                 return
             kind, value = await events.get()
             if kind == "conditions":
@@ -185,10 +199,12 @@ class RendererService(renderer_pb2_grpc.RendererServicer):
                 upstream_end = value.end
             elif kind == "ack":
                 acked = max(acked, value)
+            elif kind == "text":
+                interrupted_last = False
             elif kind == "interrupt":
                 if not interrupting:
                     # Conditions already pulled speak the dropped text: void them and restart at k.
-                    interrupting = interrupted_any = True
+                    interrupting = interrupted_last = True
                     conditions.clear()
                     upstream.send(orchestrator_pb2.OrchestrateRequest(
                         interrupt=common_pb2.Interrupted(next_chunk_index=k)))
@@ -258,14 +274,5 @@ async def start(config: RendererConfig) -> RunningServer:
         lambda s: renderer_pb2_grpc.add_RendererServicer_to_server(service, s), close)
 
 
-async def serve(config: RendererConfig) -> None:
-    await serve_until_signal(await start(config), config.grace_seconds)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="streamchar-renderer", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="TOML file; STREAMCHAR_* environment variables override it")
-    args = parser.parse_args(argv)
-    config = load_config(RendererConfig, args.config)
-    setup_logging(config.log_level)
-    asyncio.run(serve(config))
+    run_service(argv, "streamchar-renderer", __doc__.splitlines()[0], RendererConfig, start)

@@ -1,0 +1,137 @@
+"""The orchestrator's token protocol and engine: its guarantees hold whatever the LM prefers."""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from streamchar.engine.orchestration import EmbeddedLMBackend, OrchestratorEngine
+from streamchar.engine.protocol import OrchestratorProtocol, OrchState, ProtocolConfig, Starved, utf8_chars
+from streamchar.errors import FailedPrecondition
+from streamchar.models.bundle import load_orchestrator
+from streamchar.models.vocab import StreamCharVocab
+from streamchar.session import SessionMeta
+from streamchar.state.store import MemorySessionStore
+
+VOCAB = StreamCharVocab(num_units=16, max_advance=4)
+F = 8
+
+
+def random_step(seed: int):
+    rng = random.Random(seed)
+    return lambda context, allowed: rng.choice(allowed)
+
+
+def run(protocol, state, step, allow_fill=False, limit=10_000):
+    plans = []
+    while not state.done and len(plans) < limit:
+        plan, state = protocol.plan_chunk(state, step, allow_fill)
+        plans.append(plan)
+    return plans, state
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pointer_is_monotonic_and_reaches_the_end(seed):
+    text = "Héllo, wörld! Numbers 1, 2, 3 and a question? " * 3
+    protocol = OrchestratorProtocol(VOCAB, F, ProtocolConfig(lookahead_bytes=8, max_context=256, keep_frames=16,
+                                                             keep_text_behind=8, max_stall_frames=3))
+    plans, state = run(protocol, OrchState(text=text.encode(), text_ended=True), random_step(seed))
+    ends = [p.pointer_end for p in plans]
+    assert ends == sorted(ends)
+    assert ends[-1] == len(text) and plans[-1].final
+    assert all(p.pointer_start == q.pointer_end for q, p in zip(plans, plans[1:]))
+    assert all(len(p.units) == F and all(0 <= u <= VOCAB.num_units for u in p.units) for p in plans)
+    # the context slid (the text is far longer than it) and stayed bounded
+    assert len(state.context) <= 256
+
+
+def test_pointer_never_passes_text_not_received_and_starves():
+    protocol = OrchestratorProtocol(VOCAB, F, ProtocolConfig(lookahead_bytes=4, max_context=256, keep_frames=16,
+                                                             keep_text_behind=8))
+    state = OrchState(text=b"Hi there", text_ended=False)
+    step = random_step(0)
+    with pytest.raises(Starved):
+        for _ in range(100):
+            plan, state = protocol.plan_chunk(state, step, allow_fill=False)
+            assert state.pointer <= len(b"Hi there")
+    # with filling allowed the chunk speaks what there is, then completes with silence
+    plan, filled = protocol.plan_chunk(state, step, allow_fill=True)
+    assert plan.fill and filled.pointer == plan.pointer_end == 8
+    assert plan.units[-1] == VOCAB.num_units
+    # and the next chunk, still without new text, is all filler that does not move the pointer
+    plan, after = protocol.plan_chunk(filled, step, allow_fill=True)
+    assert plan.units == [VOCAB.num_units] * F and after.pointer == 8
+
+
+def test_stall_guard_forces_progress():
+    protocol = OrchestratorProtocol(VOCAB, F, ProtocolConfig(max_stall_frames=2, max_context=256, keep_frames=16,
+                                                             keep_text_behind=8, lookahead_bytes=8))
+    always_lowest = lambda context, allowed: min(allowed)  # noqa: E731 — an LM that never wants to advance
+    plans, _ = run(protocol, OrchState(text=b"abc", text_ended=True), always_lowest, limit=50)
+    assert plans[-1].final and plans[-1].pointer_end == 3
+
+
+def test_streamed_text_gives_the_same_units_when_it_arrives_ahead_of_speech():
+    """Text enters the context lazily, so arrival timing does not change the decode."""
+    text = "The same words, whether they come at once or one by one."
+    protocol = OrchestratorProtocol(VOCAB, F, ProtocolConfig(lookahead_bytes=8, max_context=256, keep_frames=16,
+                                                             keep_text_behind=8))
+    whole, _ = run(protocol, OrchState(text=text.encode(), text_ended=True), random_step(3))
+    step = random_step(3)
+    words = text.split(" ")
+    state, plans, received = OrchState(), [], 0
+    while not state.done:
+        # deliver words just in time: two words ahead of the pointer
+        while received < len(words) and len(" ".join(words[:received])) < utf8_chars(state.text[: state.pointer]) + 30:
+            received += 1
+            state.text = (" ".join(words[:received]) + (" " if received < len(words) else "")).encode()
+        state.text_ended = received == len(words)
+        plan, state = protocol.plan_chunk(state, step, allow_fill=False)
+        plans.append(plan)
+    assert [p.units for p in plans] == [p.units for p in whole]
+
+
+@pytest.fixture
+def engine():
+    model, vocab, _ = load_orchestrator()
+    store = MemorySessionStore()
+    protocol = OrchestratorProtocol(vocab, F, ProtocolConfig())
+    return OrchestratorEngine(store, EmbeddedLMBackend(model), vocab, protocol, ThreadPoolExecutor(1)), store
+
+
+@pytest.mark.asyncio
+async def test_engine_text_append_is_idempotent_and_rejects_gaps(engine):
+    import numpy as np
+
+    eng, store = engine
+    meta = SessionMeta.new(np.zeros((64, 64, 3), np.uint8))
+    await meta.create(store)
+    sid = meta.session_id
+    assert await eng.append_text(sid, "héllo ", 0) == 6
+    assert await eng.append_text(sid, "héllo wor", 0) == 9  # a resend after failover overlaps
+    assert await eng.append_text(sid, "ld", 9) == 11
+    assert (await eng.load(sid)).text == "héllo world".encode()
+    with pytest.raises(FailedPrecondition, match="gap"):
+        await eng.append_text(sid, "x", 20)
+    await eng.end_text(sid)
+    with pytest.raises(FailedPrecondition, match="after end"):
+        await eng.append_text(sid, "!", 11)
+
+
+@pytest.mark.asyncio
+async def test_engine_replays_produced_conditions_for_a_new_replica(engine):
+    import numpy as np
+
+    eng, store = engine
+    meta = SessionMeta.new(np.zeros((64, 64, 3), np.uint8))
+    await meta.create(store)
+    await eng.append_text(meta.session_id, "Replay me, please, for the next renderer.", 0)
+    await eng.end_text(meta.session_id)
+    first = [await eng.try_next(meta.session_id, k, False) for k in range(2)]
+    eng.backend.forget(meta.session_id)  # a different replica: no KV cache
+    again = await eng.try_next(meta.session_id, 1, False)
+    assert again == first[1]
+    with pytest.raises(FailedPrecondition, match="next chunk is 2"):
+        await eng.try_next(meta.session_id, 5, False)
