@@ -23,11 +23,12 @@ install-dev: $(VENV)/.installed-dev
 say: install
 	$(VENV)/bin/streamchar say "$(TEXT)" -o out/hello.mp4
 
-# Tests need a redis-server binary (each test run starts private instances on free ports).
+# Tests need redis-server (each test run starts private instances on free ports) and espeak-ng
+# (the corpus's speech, through libespeak-ng).
 system-deps:
-	@command -v redis-server >/dev/null || { \
-	  echo "installing Debian's redis-server"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null && command -v espeak-ng >/dev/null || { \
+	  echo "installing Debian's redis-server and espeak-ng"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server espeak-ng >/dev/null; }
 
 test: install-dev system-deps
 	$(PY) scripts/gen_proto.py --check

@@ -131,6 +131,49 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from training.data.corpus import SPLITS, CorpusConfig, write_corpus
+
+    config = CorpusConfig(seed=args.seed, image_size=args.size, train_samples=args.train_samples,
+                          val_samples=args.val_samples, test_samples=args.test_samples)
+    started = time.perf_counter()
+    stats = write_corpus(Path(args.out), config, progress=not args.quiet)
+    wall = time.perf_counter() - started
+    for split in SPLITS:
+        st = stats[split]
+        print(f"{split:<5} {st.samples:6d} samples  {st.seconds / 3600:7.3f} h")
+    seconds = sum(st.seconds for st in stats.values())
+    generated = sum(st.wall_seconds for st in stats.values())
+    print(f"total {sum(st.samples for st in stats.values()):6d} samples  {seconds / 3600:7.3f} h  in {wall:.1f} s"
+          + (f"; generation speed {sum(st.seconds for st in stats.values() if st.wall_seconds) / generated:.1f} "
+             "s of corpus per wall second" if generated else " (all shards already present)"))
+    return 0
+
+
+def cmd_train_codecs(args: argparse.Namespace) -> int:
+    from training.codecs import CodecTrainConfig, train_codecs
+
+    config = CodecTrainConfig(steps=args.steps, seed=args.seed, num_units=args.num_units)
+    info = train_codecs(Path(args.corpus), Path(args.out), config, progress=not args.quiet)
+    print(f"wrote video codec, audio codec and {config.num_units} speech units to {args.out} "
+          f"(video codec {info['video_seconds']:.0f} s, final loss {info['final_loss']:.4f}; "
+          f"units {info['units_seconds']:.0f} s)")
+    return 0
+
+
+def cmd_eval_codecs(args: argparse.Namespace) -> int:
+    from streamchar.models.bundle import default_checkpoint
+    from training.codecs import evaluate_codecs
+
+    r = evaluate_codecs(Path(args.corpus), Path(args.checkpoint or default_checkpoint()), args.split)
+    print(f"{r['split']} split: {r['samples']} samples, {r['frames']} frames\n"
+          f"  video codec PSNR       {r['video_psnr_db']:.2f} dB\n"
+          f"  audio codec mel L1     {r['audio_mel_l1']:.3f} (natural-log mel, round trip through Griffin-Lim)\n"
+          f"  unit purity            {r['units_purity']:.3f} (majority-phoneme baseline "
+          f"{r['units_majority_phoneme_baseline']:.3f}; {r['units_units_used']} units used)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamchar", description="Real-time streaming talking characters.")
     parser.add_argument("--log-level", default="WARNING")
@@ -174,6 +217,31 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--checkpoint", default="")
     bench.add_argument("--mode", choices=("both", "inprocess", "services"), default="both")
     bench.set_defaults(func=cmd_bench)
+
+    corpus = sub.add_parser("corpus", help="generate the synthetic corpus (train/val/test shards)")
+    corpus.add_argument("--out", default="data/corpus")
+    corpus.add_argument("--seed", type=int, default=0)
+    corpus.add_argument("--size", type=int, default=64, help="frame size in pixels")
+    corpus.add_argument("--train-samples", type=int, default=900)
+    corpus.add_argument("--val-samples", type=int, default=60)
+    corpus.add_argument("--test-samples", type=int, default=120)
+    corpus.add_argument("-q", "--quiet", action="store_true")
+    corpus.set_defaults(func=cmd_corpus)
+
+    train_codecs = sub.add_parser("train-codecs", help="train the video codec, calibrate audio, fit speech units")
+    train_codecs.add_argument("--corpus", default="data/corpus")
+    train_codecs.add_argument("--out", default="streamchar/checkpoints/tiny")
+    train_codecs.add_argument("--steps", type=int, default=3000)
+    train_codecs.add_argument("--num-units", type=int, default=128)
+    train_codecs.add_argument("--seed", type=int, default=0)
+    train_codecs.add_argument("-q", "--quiet", action="store_true")
+    train_codecs.set_defaults(func=cmd_train_codecs)
+
+    eval_codecs = sub.add_parser("eval-codecs", help="codec PSNR, audio mel distance and unit purity on held-out data")
+    eval_codecs.add_argument("--corpus", default="data/corpus")
+    eval_codecs.add_argument("--checkpoint", default="")
+    eval_codecs.add_argument("--split", default="test", choices=("val", "test"))
+    eval_codecs.set_defaults(func=cmd_eval_codecs)
     return parser
 
 

@@ -107,12 +107,12 @@ def test_audio_config_validation() -> None:
 def test_video_codec_shapes() -> None:
     codec = TinyVideoAutoencoder(VIDEO_PRESETS["tiny"]).eval()
     assert isinstance(codec, VideoCodec)
-    assert (codec.image_size, codec.latent_size, codec.latent_channels) == (64, 8, 8)
+    assert (codec.image_size, codec.latent_size, codec.latent_channels) == (64, 16, 8)
     frames = torch.rand(5, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         latents = codec.encode(frames)
-        decoded = codec.decode(torch.randn(5, 8, 8, 8) * 10)
-    assert latents.shape == (5, 8, 8, 8)
+        decoded = codec.decode(torch.randn(5, 8, 16, 16) * 10)
+    assert latents.shape == (5, 8, 16, 16)
     assert decoded.shape == (5, 3, 64, 64) and bool((decoded.abs() <= 1).all())
     with pytest.raises(ValueError):
         codec.encode(torch.zeros(1, 3, 32, 32))

@@ -2,15 +2,16 @@
 
 Layout::
 
-    bundle.json            {"preset": "tiny", "trained": {"orchestrator": bool, "dit": bool, "video_codec": bool}}
+    bundle.json            {"preset": "tiny", "trained": {part: bool}, "training": {how each part was made}}
     orchestrator/          Hugging Face Llama directory (served as is by vLLM or the embedded backend)
     dit/                   joint audio-video DiT (config.json + model.safetensors)
     video_codec/           video latent autoencoder
-    audio_codec.json       mel/vocoder settings (no weights)
+    audio_codec.json       mel/vocoder settings and latent normalisation (no weights)
+    units/                 speech-unit tokenizer (k-means centroids over audio latents)
 
-The shipped default lives in `streamchar/checkpoints/<preset>`. When a model is missing there, it
-is built from its preset with a fixed seed and reported as UNTRAINED, so the pipeline runs end to
-end before any training has happened and nobody mistakes its output for a trained model's.
+The shipped default lives in `streamchar/checkpoints/<preset>`. Each part missing there is built
+from its preset with a fixed seed and reported as UNTRAINED, so the pipeline runs end to end before
+every model is trained and nobody mistakes an untrained model's output for a trained one's.
 """
 
 from __future__ import annotations
@@ -56,20 +57,25 @@ def default_checkpoint(preset: str = "tiny") -> Path:
     return PACKAGE_CHECKPOINTS / preset
 
 
-def _read_manifest(directory: Path) -> dict:
-    path = directory / "bundle.json"
+def read_manifest(directory: Path) -> dict:
+    path = Path(directory) / "bundle.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def write_manifest(directory: Path, manifest: dict) -> None:
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    (Path(directory) / "bundle.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
 def _preset_of(directory: Path | None, preset: str | None) -> BundlePreset:
-    name = preset or (_read_manifest(directory).get("preset") if directory else None) or "tiny"
+    name = preset or (read_manifest(directory).get("preset") if directory else None) or "tiny"
     if name not in BUNDLE_PRESETS:
         raise ValueError(f"unknown preset {name!r} (choose from {', '.join(BUNDLE_PRESETS)})")
     return BUNDLE_PRESETS[name]
 
 
 def _trained(directory: Path | None, part: str) -> bool:
-    return bool(directory and _read_manifest(directory).get("trained", {}).get(part, False))
+    return bool(directory and read_manifest(directory).get("trained", {}).get(part, False))
 
 
 def _untrained(part: str) -> None:
@@ -94,29 +100,38 @@ def load_orchestrator(directory: str | Path | None = None, preset: str | None = 
 
 def load_renderer(directory: str | Path | None = None, preset: str | None = None,
                   time_base: TimeBase = TimeBase()):  # -> RendererModels (import cycle kept out)
+    """The renderer's models from `directory` (default: the shipped bundle), part by part."""
     from streamchar.engine.rendering import RendererModels
 
     root = Path(directory) if directory else default_checkpoint(preset or "tiny")
-    has = (root / "dit" / "config.json").exists()
-    if directory and not has:
+    present = {part: (root / marker).exists() for part, marker in
+               (("dit", "dit/config.json"), ("video_codec", "video_codec/config.json"),
+                ("audio_codec", "audio_codec.json"))}
+    if directory and not any(present.values()):
         raise FileNotFoundError(f"no renderer checkpoint in {root}")
-    p = _preset_of(root if has else None, preset)
-    if has:
-        dit = load_module(joint_dit.JointAudioVideoDiT, root / "dit", config_cls=joint_dit.JointDiTConfig)
+    p = _preset_of(root if any(present.values()) else None, preset)
+    if present["video_codec"]:
         vcodec = load_module(video_codec.TinyVideoAutoencoder, root / "video_codec",
                              config_cls=video_codec.TinyVideoAutoencoderConfig)
+    else:
+        torch.manual_seed(INIT_SEED)
+        vcodec = video_codec.TinyVideoAutoencoder(video_codec.PRESETS[p.video_codec])
+    if present["audio_codec"]:
         acfg = audio_codec.AudioCodecConfig(**json.loads((root / "audio_codec.json").read_text()))
-        trained = _trained(root, "dit") and _trained(root, "video_codec")
+    else:
+        acfg = audio_codec.PRESETS[p.audio_codec]
+    if present["dit"]:
+        dit = load_module(joint_dit.JointAudioVideoDiT, root / "dit", config_cls=joint_dit.JointDiTConfig)
     else:
         torch.manual_seed(INIT_SEED)
         dit = joint_dit.JointAudioVideoDiT(dataclasses.replace(joint_dit.PRESETS[p.dit], num_units=p.num_units))
-        vcodec = video_codec.TinyVideoAutoencoder(video_codec.PRESETS[p.video_codec])
-        acfg = audio_codec.PRESETS[p.audio_codec]
-        _untrained("renderer (joint DiT, video codec)")
-        trained = False
+    trained = {part: present[part] and _trained(root, part) for part in present}
+    for part in ("dit", "video_codec"):
+        if not trained[part]:
+            _untrained(f"renderer {part}")
     _check_compatible(dit.config, vcodec, acfg, time_base)
     return RendererModels(dit=dit.eval(), video_codec=vcodec.eval(), audio_codec=audio_codec.MelAudioCodec(acfg).eval(),
-                          time_base=time_base, trained=trained)
+                          time_base=time_base, trained=trained["dit"] and trained["video_codec"])
 
 
 def _check_compatible(dit: joint_dit.JointDiTConfig, vcodec: video_codec.TinyVideoAutoencoder,
@@ -144,5 +159,5 @@ def save_bundle(directory: str | Path, preset: str, lm: OrchestratorLM, vocab: S
     save_module(renderer.dit, renderer.dit.config, root / "dit")
     save_module(renderer.video_codec, renderer.video_codec.config, root / "video_codec")
     (root / "audio_codec.json").write_text(json.dumps(dataclasses.asdict(renderer.audio_codec.config), indent=2) + "\n")
-    (root / "bundle.json").write_text(json.dumps({"preset": preset, "trained": trained}, indent=2) + "\n")
+    write_manifest(root, {**read_manifest(root), "preset": preset, "trained": trained})
     return root

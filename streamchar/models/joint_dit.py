@@ -27,8 +27,8 @@ MODALITY_VIDEO, MODALITY_AUDIO = 0, 1
 @dataclass(frozen=True)
 class JointDiTConfig:
     video_channels: int = 8  # C, the video codec's latent channels
-    video_latent_size: int = 8  # h = w
-    patch_size: int = 2
+    video_latent_size: int = 16  # h = w
+    patch_size: int = 4
     audio_channels: int = 64  # Ca, the audio codec's n_mels
     frames_per_chunk: int = 8  # F
     motion_frames: int = 2  # Fm
@@ -69,7 +69,8 @@ class JointDiTConfig:
 
 
 PRESETS: dict[str, JointDiTConfig] = {
-    # 2-core CPU real time: 1.3M params, 376 tokens (64x64 frames as 8x8x8 latents, 64 mels),
+    # 2-core CPU real time: 1.3M params, 376 tokens (64x64 frames as 16x16x8 latents in 4x4
+    # patches, 64 mels),
     # ~11-13 ms a forward at B=1, so a 4-step chunk fits well inside its 320 ms of playback.
     "tiny": JointDiTConfig(),
     # One H100: 1.2B params. 512x512 frames through a /8 VAE with 16 channels -> 64x64x16

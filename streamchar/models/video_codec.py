@@ -63,8 +63,10 @@ class TinyVideoAutoencoderConfig:
 
 
 PRESETS: dict[str, TinyVideoAutoencoderConfig] = {
-    # 64x64x3 -> 8x8x8: decoding a chunk of 8 frames takes a few ms on 2 CPU cores.
-    "tiny": TinyVideoAutoencoderConfig(),
+    # 64x64x3 -> 16x16x8 (4x down). An 8x-down 8x8x8 latent plateaued near 25 dB PSNR on the
+    # corpus's faces (eyes, glasses, patterned backgrounds); 4x down reaches the 30 dB target.
+    # Decoding a chunk of 8 frames takes ~11 ms on 2 CPU cores.
+    "tiny": TinyVideoAutoencoderConfig(latent_channels=8, channels=(32, 64)),
     # Same family at the joint DiT "paper" preset's latent shape (512x512x3 -> 64x64x16).
     "paper": TinyVideoAutoencoderConfig(
         image_size=512, latent_channels=16, channels=(64, 128, 256), num_res_blocks=2

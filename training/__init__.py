@@ -1,0 +1,1 @@
+"""Training: the synthetic corpus (data/), teacher training and the two-stage distillation."""

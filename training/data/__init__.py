@@ -1,0 +1,1 @@
+"""The synthetic talking-character corpus: characters, speech, samples, splits, shards, loaders."""
