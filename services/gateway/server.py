@@ -231,7 +231,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                         yield media
                         yield gateway_pb2.ServerEvent(progress=gateway_pb2.TranscriptProgress(
                             chunk_index=chunk.chunk_index, pointer=chunk.pointer_end, text_received=session.chars,
-                            latency_seconds=chunk.render_seconds + mux_seconds))
+                            latency_seconds=chunk.render_seconds + mux_seconds,
+                            render_seconds=chunk.render_seconds))
                         expected = chunk.chunk_index + 1
                         if playback_start is None:
                             playback_start = time.monotonic()

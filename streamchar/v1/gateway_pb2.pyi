@@ -115,16 +115,18 @@ class RawChunk(_message.Message):
     def __init__(self, chunk_index: _Optional[int] = ..., pts_us: _Optional[int] = ..., duration_us: _Optional[int] = ..., num_frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frames_rgb24: _Optional[bytes] = ..., sample_rate: _Optional[int] = ..., pcm_s16le: _Optional[bytes] = ...) -> None: ...
 
 class TranscriptProgress(_message.Message):
-    __slots__ = ("chunk_index", "pointer", "text_received", "latency_seconds")
+    __slots__ = ("chunk_index", "pointer", "text_received", "latency_seconds", "render_seconds")
     CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
     POINTER_FIELD_NUMBER: _ClassVar[int]
     TEXT_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     LATENCY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RENDER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     chunk_index: int
     pointer: int
     text_received: int
     latency_seconds: float
-    def __init__(self, chunk_index: _Optional[int] = ..., pointer: _Optional[int] = ..., text_received: _Optional[int] = ..., latency_seconds: _Optional[float] = ...) -> None: ...
+    render_seconds: float
+    def __init__(self, chunk_index: _Optional[int] = ..., pointer: _Optional[int] = ..., text_received: _Optional[int] = ..., latency_seconds: _Optional[float] = ..., render_seconds: _Optional[float] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
