@@ -61,7 +61,8 @@ def cmd_say(args: argparse.Namespace) -> int:
     n = len(result.chunks)
     print(f"wrote {out}: {n} chunks, {n * tb.chunk_seconds:.2f} s of video+audio in {result.wall_seconds:.2f} s "
           f"({n * tb.chunk_seconds / max(result.wall_seconds, 1e-9):.1f}x real time)"
-          + ("" if result.trained else " — UNTRAINED models (random init): no trained checkpoint is bundled yet"))
+          + ("" if result.trained else " — UNTRAINED joint DiT / orchestrator LM (random init): the character and "
+             "voice are noise until they are trained"))
     return 0
 
 
