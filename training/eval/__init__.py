@@ -1,0 +1,1 @@
+"""Evaluation harness: metrics for generated streams (stability, identity, quality)."""
