@@ -264,6 +264,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         """Send the text the orchestrator does not hold yet, then everything new as it arrives."""
         sent, ended_sent, interrupts_sent = held, False, session.interrupts
         while True:
+            # Cleared before looking, so a change that lands while we send is not missed.
+            session.changed.clear()
             if session.chars > sent:
                 link.send(renderer_pb2.RenderRequest(text=common_pb2.TextSegment(
                     text=session.text_from(sent), offset=sent)))
@@ -274,7 +276,6 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             if session.ended and not ended_sent:
                 link.send(renderer_pb2.RenderRequest(end_of_text=common_pb2.EndOfText()))
                 ended_sent = True
-            session.changed.clear()
             await session.changed.wait()
 
     async def _read_renderer(self, link: StreamWriter, events: asyncio.Queue[tuple[str, Any]]) -> None:
