@@ -125,9 +125,9 @@ def mel_distance(codec: MelAudioCodec, samples: list) -> float:
     with torch.no_grad():
         for s in samples:
             x = torch.from_numpy(np.ascontiguousarray(s.waveform))[None]
-            y = codec.decode(codec.encode(x))
-            total += float((codec.log_mel(y) - codec.log_mel(x)).abs().sum())
-            n += codec.log_mel(x).numel()
+            reference = codec.log_mel(x)
+            total += float((codec.log_mel(codec.decode(codec.encode(x))) - reference).abs().sum())
+            n += reference.numel()
     return total / n
 
 

@@ -83,12 +83,11 @@ def unit_purity(tokenizer: UnitTokenizer, codec: MelAudioCodec, samples: list[Sa
         units = tokenizer.encode(sample_latents(codec, s)[None])[0].tolist()
         pairs.update(zip(units, frame_phonemes(s)))
     per_unit: dict[int, Counter[str]] = {}
+    per_phoneme: Counter[str] = Counter()
     for (u, p), n in pairs.items():
         per_unit.setdefault(u, Counter())[p] += n
+        per_phoneme[p] += n
     total = sum(pairs.values())
     majority = sum(c.most_common(1)[0][1] for c in per_unit.values())
-    phoneme_counts = Counter()
-    for (_, p), n in pairs.items():
-        phoneme_counts[p] += n
     return {"purity": majority / total, "units_used": len(per_unit), "frames": total,
-            "majority_phoneme_baseline": phoneme_counts.most_common(1)[0][1] / total}
+            "majority_phoneme_baseline": per_phoneme.most_common(1)[0][1] / total}
