@@ -1,4 +1,4 @@
-"""`streamchar` command line: say, serve, client, bench."""
+"""`streamchar` command line: say, serve, client, bench, and the corpus / training / evaluation commands."""
 
 from __future__ import annotations
 
@@ -175,6 +175,62 @@ def cmd_eval_codecs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import shlex
+
+    import torch
+
+    from training.data.corpus import load_manifest
+    from training.eval.harness import Evaluators, evaluate, run_meta, write_report
+    from training.eval.protocols import long_stream_items, short_clip_items
+    from training.eval.systems import parse_system
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    try:
+        systems = [parse_system(spec) for spec in args.system]
+    except ValueError as e:
+        raise SystemExit(f"--system: {e}") from None
+    protocols = set(args.protocol or ("short", "long"))
+    corpus = Path(args.corpus)
+    try:
+        manifest = load_manifest(corpus)
+    except FileNotFoundError:
+        raise SystemExit(f"no corpus at {corpus}: generate it first with `streamchar corpus --out {corpus}`") from None
+    short = short_clip_items(corpus, limit=args.short_limit) if "short" in protocols else []
+    long = (long_stream_items(corpus, sessions=args.long_sessions, minutes=args.long_minutes,
+                              words_per_second=args.words_per_second) if "long" in protocols else [])
+    results = evaluate(systems, short, long, Evaluators.load(), window_seconds=args.window_seconds,
+                       progress=not args.quiet)
+    argv = ["streamchar", "evaluate", *sys.argv[2:]] if args.command_line is None else shlex.split(args.command_line)
+    meta = run_meta(shlex.join(argv), corpus, manifest.seed, args.window_seconds, time.perf_counter() - t0)
+    path = write_report(results, args.out, meta)
+    print(path.read_text())
+    return 0
+
+
+def cmd_check_evaluators(args: argparse.Namespace) -> int:
+    import shlex
+
+    import torch
+
+    from training.data.corpus import load_manifest
+    from training.eval.harness import Evaluators, check_evaluators, run_meta, write_evaluator_report
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    corpus = Path(args.corpus)
+    try:
+        manifest = load_manifest(corpus)
+    except FileNotFoundError:
+        raise SystemExit(f"no corpus at {corpus}: generate it first with `streamchar corpus --out {corpus}`") from None
+    checks = check_evaluators(corpus, Evaluators.load(), progress=not args.quiet)
+    meta = run_meta(shlex.join(["streamchar", "check-evaluators", *sys.argv[2:]]), corpus, manifest.seed, 0.0,
+                    time.perf_counter() - t0)
+    print(write_evaluator_report(checks, args.out, meta).read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamchar", description="Real-time streaming talking characters.")
     parser.add_argument("--log-level", default="WARNING")
@@ -243,6 +299,33 @@ def build_parser() -> argparse.ArgumentParser:
     eval_codecs.add_argument("--checkpoint", default="")
     eval_codecs.add_argument("--split", default="test", choices=("val", "test"))
     eval_codecs.set_defaults(func=cmd_eval_codecs)
+
+    ev = sub.add_parser("evaluate", help="score systems (ground truth, pipeline checkpoints) on the evaluation "
+                        "protocols; writes report.md, results.json and PNG plots")
+    ev.add_argument("--system", action="append", required=True,
+                    help="'ground-truth' or 'pipeline[,label=NAME][,checkpoint=DIR][,steps=N][,KEY=VALUE...]' "
+                    "(KEY=VALUE sets STREAMCHAR_KEY for the services); repeat for several rows")
+    ev.add_argument("--protocol", action="append", choices=("short", "long"), default=None,
+                    help="short clips and/or long-horizon streams (default: both)")
+    ev.add_argument("--corpus", default="data/corpus")
+    ev.add_argument("--out", default="out/eval")
+    ev.add_argument("--short-limit", type=int, default=None, help="at most this many short clips")
+    ev.add_argument("--long-sessions", type=int, default=3)
+    ev.add_argument("--long-minutes", type=float, default=5.0)
+    ev.add_argument("--words-per-second", type=float, default=15.0, help="pace of the long streams' text")
+    ev.add_argument("--window-seconds", type=float, default=30.0)
+    ev.add_argument("--threads", type=int, default=2)
+    ev.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
+    ev.add_argument("-q", "--quiet", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
+
+    chk = sub.add_parser("check-evaluators", help="the evaluators' acceptance checks on the held-out test split "
+                         "(recognizer PER, sync offsets, identity ROC-AUC, seam ratio, Fréchet sanity)")
+    chk.add_argument("--corpus", default="data/corpus")
+    chk.add_argument("--out", default="out/evaluators.md")
+    chk.add_argument("--threads", type=int, default=2)
+    chk.add_argument("-q", "--quiet", action="store_true")
+    chk.set_defaults(func=cmd_check_evaluators)
     return parser
 
 

@@ -47,6 +47,7 @@ from training.data.schema import Sample
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
+DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "recognizer"
 HOP = 160  # MelAudioCodec tiny preset: 100 mel frames a second
 BLANK = 0
 

@@ -1,0 +1,158 @@
+"""Systems under evaluation: the ground truth, or a checkpoint driven through the real pipeline.
+
+A system turns an :class:`~training.eval.protocols.EvalItem` (text, reference image, feeding pace)
+into a :class:`SystemOutput` (frames, audio, chunk timings). :class:`PipelineSystem` starts the
+three services and Redis as local processes (``streamchar.localstack``, the same processes
+``streamchar serve`` starts) and talks to the gateway like any client: raw RGB + PCM output, no
+real-time pacing (the stream is generated as fast as the renderer can), text sent at once or word
+by word at the item's pace.
+
+System specs on the command line: ``ground-truth``, or ``pipeline`` followed by comma-separated
+``key=value`` options: ``label=NAME`` names the row, every other key is a service setting passed
+as ``STREAMCHAR_<KEY>`` to the orchestrator, renderer and gateway (each takes the settings it
+knows), e.g. ``pipeline,label=teacher,checkpoint=ckpt/teacher,steps=32,guidance=3``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from training.eval.protocols import TB, EvalItem
+
+
+@dataclass
+class SystemOutput:
+    frames: np.ndarray  # uint8 [F, H, W, 3] at 25 fps
+    waveform: np.ndarray  # float32 [F * 640] at 16 kHz
+    chunk_frames: int = TB.frames_per_chunk
+    render_seconds: list[float] = field(default_factory=list)  # renderer compute per chunk
+    pointers: list[int] = field(default_factory=list)  # transcript characters spoken by the end of each chunk
+    wall_seconds: float = 0.0
+    first_chunk_seconds: float = 0.0  # from the request to the first chunk
+
+    @property
+    def seconds(self) -> float:
+        return len(self.frames) / TB.fps
+
+
+class System:
+    label: str = ""
+    spec: str = ""
+
+    def __enter__(self) -> System:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+    def run(self, item: EvalItem) -> SystemOutput:
+        raise NotImplementedError
+
+
+class GroundTruthSystem(System):
+    label = spec = "ground-truth"
+
+    def run(self, item: EvalItem) -> SystemOutput:
+        return SystemOutput(frames=item.frames, waveform=item.waveform)
+
+
+class PipelineSystem(System):
+    def __init__(self, options: dict[str, str] | None = None, label: str | None = None) -> None:
+        self.options = dict(options or {})
+        self.label = label or self.options.pop("label", "pipeline")
+        self.options.pop("label", None)
+        self.spec = ",".join(["pipeline", *(f"{k}={v}" for k, v in self.options.items())])
+        self._stack = None
+
+    def _ensure_stack(self):
+        if self._stack is None:
+            from streamchar.localstack import start_stack
+
+            env = {f"STREAMCHAR_{k.upper()}": v for k, v in self.options.items()}
+            self._log_dir = Path(tempfile.mkdtemp(prefix="streamchar-eval-"))
+            self._stack = start_stack(checkpoint=self.options.get("checkpoint", ""), log_dir=self._log_dir,
+                                      extra_env=env)
+        return self._stack
+
+    def close(self) -> None:
+        if self._stack is not None:
+            self._stack.stop()
+            self._stack = None
+
+    def run(self, item: EvalItem) -> SystemOutput:
+        stack = self._ensure_stack()
+        return asyncio.run(_drive(stack.gateway, item))
+
+
+async def _drive(gateway: str, item: EvalItem) -> SystemOutput:
+    from streamchar.client import AsyncClient, GatewayError
+
+    frames: list[np.ndarray] = []
+    audio: list[np.ndarray] = []
+    out = SystemOutput(frames=np.zeros((0,), np.uint8), waveform=np.zeros((0,), np.float32))
+    errors: list[str] = []
+    t0 = time.perf_counter()
+
+    async def deltas():
+        pause = 1.0 / item.words_per_second
+        for delta in item.text_deltas():
+            yield delta
+            await asyncio.sleep(pause)
+
+    def on_event(event) -> None:
+        kind = event.WhichOneof("event")
+        if kind == "raw":
+            raw = event.raw
+            if not frames:
+                out.first_chunk_seconds = time.perf_counter() - t0
+            frames.append(np.frombuffer(raw.frames_rgb24, np.uint8).reshape(raw.num_frames, raw.height, raw.width, 3))
+            audio.append(np.frombuffer(raw.pcm_s16le, "<i2").astype(np.float32) / 32768.0)
+        elif kind == "progress":
+            out.pointers.append(int(event.progress.pointer))
+            out.render_seconds.append(float(event.progress.render_seconds))
+        elif kind == "error":
+            errors.append(f"{event.error.code}: {event.error.message}")
+
+    text = deltas() if item.words_per_second > 0 else item.text
+    async with AsyncClient(gateway) as client:
+        try:
+            await client.speak(text, item.reference_png(), on_event=on_event, raw=True, realtime=False)
+        except GatewayError as e:
+            raise RuntimeError(f"{item.item_id}: the pipeline failed: {e}") from e
+    if errors:
+        raise RuntimeError(f"{item.item_id}: the pipeline reported {errors}")
+    if not frames:
+        raise RuntimeError(f"{item.item_id}: the pipeline returned no media")
+    out.frames = np.concatenate(frames)
+    wave = np.concatenate(audio)
+    n = len(out.frames) * TB.samples_per_frame
+    out.waveform = np.pad(wave[:n], (0, max(0, n - len(wave)))).astype(np.float32)
+    out.wall_seconds = time.perf_counter() - t0
+    return out
+
+
+def parse_system(spec: str) -> System:
+    """``ground-truth`` or ``pipeline[,key=value...]`` (see the module docstring)."""
+    name, *rest = [p.strip() for p in spec.split(",") if p.strip()] or [""]
+    if name in ("ground-truth", "gt"):
+        if rest:
+            raise ValueError(f"ground-truth takes no options: {spec!r}")
+        return GroundTruthSystem()
+    if name != "pipeline":
+        raise ValueError(f"unknown system {spec!r}: expected 'ground-truth' or 'pipeline[,key=value...]'")
+    options = {}
+    for part in rest:
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise ValueError(f"system option {part!r} is not key=value (in {spec!r})")
+        options[key.strip().lower()] = value.strip()
+    return PipelineSystem(options)
