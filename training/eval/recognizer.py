@@ -21,6 +21,10 @@ samples got their labels, so on corpus audio it reproduces :func:`transcript_pho
 speaker matters: espeak's accents (en-us, en-gb, en-gb-scotland, ...) pronounce words with
 different phonemes, so pass the voice the audio is meant to have.
 
+Shipped checkpoint (``checkpoints/recognizer``, 0.97 M parameters, 3.9 MB): ``python -m
+training.eval.recognizer data/corpus training/eval/checkpoints/recognizer --steps 1800 --batch-size 8``
+(12.3 min on 2 CPU cores).
+
 Acceptance check (the issue's): on ground-truth test audio PER <= 15 %; on audio scored against
 a mismatched transcript PER >= 60 % (see :func:`evaluate_recognizer`).
 """
