@@ -1,0 +1,214 @@
+"""Orchestrator-LM training: feasible targets, protocol-exact replay, the loss, and torchrun with resume.
+
+Samples are generated in-process and the torchrun test writes its own tiny corpus, so nothing here
+needs data/corpus; the shipped bundle's audio codec and unit tokenizer give the units.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from streamchar.engine.protocol import OrchestratorProtocol, ProtocolConfig
+from streamchar.models.bundle import default_checkpoint, load_orchestrator
+from streamchar.models.orchestrator_lm import OrchestratorLM
+from streamchar.models.vocab import StreamCharVocab
+from training.data.corpus import CorpusConfig, SampleGenerator, write_corpus
+from training.objectives.lm import LMObjectiveConfig, lm_loss
+from training.pipelines.lm_data import (
+    FrameTargets,
+    InfeasibleTarget,
+    SequenceSet,
+    feasible_advances,
+    frame_targets,
+    load_unit_codecs,
+    replay,
+    speech_pointer,
+    words_of,
+)
+from training.trainers.lm import LMModelConfig, main
+
+ROOT = Path(__file__).resolve().parent.parent
+VOCAB = StreamCharVocab(num_units=128, max_advance=8)
+# Small context and lookahead so that the replays slide and insert text many times.
+SMALL = ProtocolConfig(lookahead_bytes=4, max_context=96, keep_frames=8, keep_text_behind=4, max_stall_frames=12)
+TINY_LM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+           "num_key_value_heads": 1}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small ops on a shared machine run fastest on one thread (idle OpenMP workers spin otherwise)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def codecs():
+    return load_unit_codecs(default_checkpoint("tiny"))
+
+
+@pytest.fixture(scope="module")
+def samples():
+    generator = SampleGenerator(CorpusConfig())
+    return [generator.generate("train", i) for i in range(3)]
+
+
+def check_feasible(targets: FrameTargets, num_bytes: int, protocol: OrchestratorProtocol) -> None:
+    advances = targets.advances.tolist()
+    pointer = np.cumsum(advances)
+    assert all(0 <= a <= protocol.vocab.max_advance for a in advances)
+    assert pointer[-1] == num_bytes
+    stall = 0
+    for a, p in zip(advances, pointer):
+        if p - a == num_bytes:
+            break  # <eos> came before this frame
+        stall = 0 if a else stall + 1
+        assert stall <= protocol.config.max_stall_frames
+
+
+@pytest.mark.parametrize("max_advance,max_stall", [(8, 12), (1, 2)])
+def test_frame_targets_are_feasible_and_monotonic(samples, codecs, max_advance, max_stall):
+    vocab = StreamCharVocab(num_units=128, max_advance=max_advance)
+    protocol = OrchestratorProtocol(vocab, 8, ProtocolConfig(max_stall_frames=max_stall))
+    for sample in samples:
+        text = sample.transcript.encode("utf-8")
+        raw = speech_pointer(sample, sample.num_frames)
+        assert raw == sorted(raw) and raw[-1] == len(text) and len(raw) == sample.num_frames
+        targets = frame_targets(sample, codecs.tokenizer, codecs.codec, protocol)
+        assert len(targets.units) >= sample.num_frames
+        assert int(targets.units.min()) >= 0 and int(targets.units.max()) <= vocab.num_units
+        check_feasible(targets, len(text), protocol)
+        # digital silence (the zero padding after the speech) is the silence class
+        silent = np.abs(sample.waveform.reshape(sample.num_frames, -1)).max(axis=1) == 0
+        assert (targets.units[:sample.num_frames][torch.from_numpy(silent)] == vocab.num_units).all()
+
+
+def test_feasible_advances_carry_and_stall():
+    protocol = OrchestratorProtocol(StreamCharVocab(num_units=4, max_advance=3), 8,
+                                    ProtocolConfig(lookahead_bytes=4, max_stall_frames=2, max_context=1024))
+    # a jump of 10 bytes is spread 3 + 3 + 3 + 1, carrying past the last target frame
+    assert feasible_advances([0, 10, 10], 10, protocol) == [0, 3, 3, 3, 1]
+    # three frames without text moving: the third must advance; the pointer then runs ahead of the target
+    assert feasible_advances([0, 0, 0, 0, 2, 2], 2, protocol) == [0, 0, 1, 0, 1, 0]
+    # the bytes in context bound an advance: lookahead 1 gives 2 bytes per insertion
+    tight = OrchestratorProtocol(StreamCharVocab(num_units=4, max_advance=3), 8,
+                                 ProtocolConfig(lookahead_bytes=1, max_context=1024))
+    assert feasible_advances([3, 3], 3, tight) == [2, 1]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_oracle_replay_reproduces_the_targets(samples, codecs, streamed):
+    protocol = OrchestratorProtocol(VOCAB, 8, SMALL)
+    slides = 0
+    for sample in samples:
+        text = sample.transcript.encode("utf-8")
+        targets = frame_targets(sample, codecs.tokenizer, codecs.codec, protocol)
+        pieces = [w.encode("utf-8") for w in words_of(sample.transcript)] if streamed else None
+        sequences = replay(protocol, text, targets, pieces)
+        slides += len(sequences) - 1
+        advances, units = [], []
+        for seq in sequences:
+            assert seq.input_ids[:2] == ([VOCAB.bos_id, VOCAB.text_id]) and len(seq.input_ids) <= SMALL.max_context
+            for i, token in enumerate(seq.input_ids):
+                if not seq.loss_mask[i]:
+                    continue
+                assert seq.allowed_lo[i] <= token <= seq.allowed_hi[i] or (seq.allow_wait[i] and token == VOCAB.wait_id)
+                if VOCAB.is_adv(token):
+                    advances.append(VOCAB.advance_of(token))
+                else:
+                    units.append(VOCAB.num_units if token == VOCAB.wait_id else VOCAB.unit_of(token))
+        assert sum(advances) == len(text)  # the pointer ends at the transcript's end
+        assert advances == targets.advances.tolist()[:len(advances)]
+        assert units == targets.units.tolist()[:len(units)] and len(units) == len(advances)
+    assert slides >= 2  # the contexts slid, and the sequences still cover every frame once
+
+
+def test_replay_rejects_infeasible_targets(samples, codecs):
+    protocol = OrchestratorProtocol(VOCAB, 8, SMALL)
+    sample = samples[0]
+    text = sample.transcript.encode("utf-8")
+    good = frame_targets(sample, codecs.tokenizer, codecs.codec, protocol)
+    too_fast = good.advances.clone()
+    too_fast[0] += VOCAB.max_advance
+    too_fast[too_fast.nonzero()[-1]] -= VOCAB.max_advance
+    stalled = good.advances.clone()
+    stalled[14] += stalled[:14].sum()
+    stalled[:14] = 0  # 14 frames without an advance: the protocol forces one after 12
+    for advances in (too_fast, stalled):
+        with pytest.raises(InfeasibleTarget):
+            replay(protocol, text, FrameTargets(good.units, advances))
+
+
+def test_loss_falls_when_overfitting_two_samples(samples, codecs):
+    protocol = OrchestratorProtocol(VOCAB, 8, ProtocolConfig())
+    sequences = [seq for s in samples[:2] for seq in
+                 replay(protocol, s.transcript.encode("utf-8"),
+                        frame_targets(s, codecs.tokenizer, codecs.codec, protocol))]
+    data = SequenceSet.from_sequences(sequences, {})
+    batch = data.batch(list(range(len(data))), VOCAB.pad_id)
+    model_config = LMModelConfig(**TINY_LM)
+    model = OrchestratorLM(model_config.build(model_config.vocab())).init_weights(0)
+    with torch.no_grad():  # restricting the softmax to the allowed ids can only lower the loss
+        full, _ = lm_loss(model, batch, VOCAB, LMObjectiveConfig(constrained=False))
+        first, first_metrics = lm_loss(model, batch, VOCAB)
+    assert float(first) < float(full)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        loss, metrics = lm_loss(model, batch, VOCAB)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(loss.detach()) < 0.5 * float(first)
+    assert metrics["adv_acc"] > first_metrics["adv_acc"] and metrics["unit_acc"] > first_metrics["unit_acc"]
+
+
+def test_torchrun_two_ranks_resume_export_and_eval(tmp_path, capsys):
+    corpus, out = tmp_path / "corpus", tmp_path / "run"
+    write_corpus(corpus, CorpusConfig(train_samples=6, val_samples=0, test_samples=2, samples_per_shard=6),
+                 progress=False)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    overrides = [f"run.out={out}", "run.batch_size=2", "run.log_every=1", "run.warmup_steps=1",
+                 "run.progress=false", "run.threads=1", "run.backend=gloo", f"data.corpus={corpus}",
+                 f"data.cache={tmp_path / 'cache'}", *(f"model.{k}={v}" for k, v in TINY_LM.items())]
+    env = {**os.environ, "LOG_LEVEL": "INFO", "OMP_NUM_THREADS": "1"}
+
+    def train(steps: int) -> str:
+        args = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "training.trainers.lm",
+                "--config", str(ROOT / "training/configs/lm_tiny.toml"),
+                *(a for o in [*overrides, f"run.steps={steps}"] for a in ("--set", o))]
+        done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stderr
+
+    train(3)
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert ranks["step"] == 3 and len(ranks["digests"]) == 2 and len(set(ranks["digests"])) == 1
+    assert (out / "checkpoints" / "step-0000003" / "state.pt").exists()
+    assert (out / "export" / "orchestrator" / "model.safetensors").exists()
+
+    log = train(5)
+    assert "resumed from" in log and "at step 3" in log
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert ranks["step"] == 5 and len(set(ranks["digests"])) == 1
+    model, vocab, trained = load_orchestrator(out / "export")
+    assert trained and vocab.num_units == 128 and model.config.hidden_size == TINY_LM["hidden_size"]
+
+    metrics = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(out), "--corpus", str(corpus), "--split", "test", "--limit", "1",
+                 "--json", str(metrics)]) == 0
+    assert "pointer monotonic" in capsys.readouterr().out
+    result = json.loads(metrics.read_text())
+    assert result["samples"] == 1 and result["pointer_ok"] == 1.0  # guaranteed by constrained decoding
+    assert 0.0 <= result["unit_acc"] <= 1.0 and result["pointer_err_chars"] >= 0.0
