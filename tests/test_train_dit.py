@@ -1,0 +1,314 @@
+"""DiT teacher training: the latent cache, inference-exact chunk conditions, the flow-matching loss, and
+the distributed trainer (two gloo ranks under torchrun: identical weights, checkpoint, export, resume)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from streamchar.engine.rendering import ChunkJob, RenderEngine, RendererModels
+from streamchar.models.bundle import load_renderer
+from streamchar.models.joint_dit import PRESETS, JointAudioVideoDiT, JointDiTConfig
+from streamchar.models.sampler import FlowMatchingSampler
+from streamchar.timebase import TimeBase
+from training.data.corpus import CorpusConfig, ShardDataset, write_corpus
+from training.objectives.flow_matching import (
+    FlowMatchingConfig,
+    NoiseDraw,
+    draw_noise,
+    flow_matching_loss,
+    interpolate,
+    velocity_target,
+)
+from training.pipelines.dit_data import (
+    ChunkSampler,
+    ChunkSamplingConfig,
+    Codecs,
+    LatentCache,
+    load_codecs,
+    neutral_reference,
+    precompute,
+    split_dir,
+    to_unit_range,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+TB = TimeBase()
+Fc, Fm, m = TB.frames_per_chunk, TB.motion_frames, TB.mel_per_frame
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models: a second thread only adds synchronisation (and contention on a shared machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def codecs() -> Codecs:
+    return load_codecs()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    write_corpus(root, CorpusConfig(train_samples=6, val_samples=0, test_samples=2, samples_per_shard=6),
+                 progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache(corpus: Path, codecs: Codecs, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cache")
+    for split in ("train", "test"):
+        precompute(corpus, root, split, codecs, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def latents(cache: Path) -> LatentCache:
+    return LatentCache.load(cache, "train")
+
+
+def dit_config(codecs: Codecs, **overrides: object) -> JointDiTConfig:
+    return dataclasses.replace(PRESETS["tiny"], num_units=codecs.units.config.num_units, **overrides)
+
+
+# ---- cache ----------------------------------------------------------------------------------------
+
+def test_cache_holds_the_codecs_latents_and_is_idempotent(corpus: Path, cache: Path, codecs: Codecs,
+                                                          latents: LatentCache) -> None:
+    sample = ShardDataset(corpus, "train")[1]
+    first, n = int(latents.frame_offset[1]), sample.num_frames
+    assert latents.sample_ids[1] == sample.sample_id and int(latents.num_frames[1]) == n
+    with torch.no_grad():
+        video = codecs.video.encode(to_unit_range(sample.frames))  # [F, C, h, w]
+        audio = codecs.audio.encode(torch.from_numpy(np.ascontiguousarray(sample.waveform))[None])  # [1, F*m, Ca]
+        ref = codecs.video.encode(to_unit_range(neutral_reference(sample.character, 64)[None]))[0]
+    torch.testing.assert_close(latents.video[first:first + n].float(), video, atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(latents.audio[first:first + n].flatten(0, 1).float(), audio[0], atol=2e-2, rtol=1e-2)
+    assert torch.equal(latents.units[first:first + n], codecs.units.encode(audio)[0])
+    torch.testing.assert_close(latents.ref[1].float(), ref, atol=2e-2, rtol=1e-2)
+    # The reference is the neutral render, not a frame of the clip.
+    assert (latents.ref[1].float() - video[0]).abs().mean() > 0.05
+
+    shard = split_dir(cache, "train") / "shard-00000.safetensors"
+    before = shard.stat().st_mtime_ns
+    again = precompute(corpus, cache, "train", codecs, progress=False)
+    assert (again.encoded_shards, again.kept_shards, again.samples) == (0, 1, 6)
+    assert shard.stat().st_mtime_ns == before
+
+
+# ---- batches --------------------------------------------------------------------------------------
+
+class GroundTruthDiT(nn.Module):
+    """Returns noise - x0 for the next ground-truth chunk, so a 1-step sampler renders exactly that chunk;
+    records the conditions the render engine passes it."""
+
+    def __init__(self, config: JointDiTConfig, chunks: list[tuple[Tensor, Tensor]]) -> None:
+        super().__init__()
+        self.config = config
+        self.chunks = chunks
+        self.seen: list[dict[str, Tensor]] = []
+
+    @property
+    def null_unit(self) -> int:
+        return self.config.null_unit
+
+    def forward(self, video_noisy: Tensor, audio_noisy: Tensor, t: Tensor, **cond: Tensor) -> tuple[Tensor, Tensor]:
+        video, audio = self.chunks[len(self.seen)]
+        self.seen.append(cond)
+        return video_noisy - video[None], audio_noisy - audio[None]
+
+
+def test_batches_carry_exactly_the_renderers_conditions(latents: LatentCache, corpus: Path, codecs: Codecs) -> None:
+    """A session rendered by the real RenderEngine (with a model that reproduces the ground truth) passes
+    the DiT, at every chunk, the conditions the batch function builds for that chunk."""
+    config = dit_config(codecs)
+    sampler = ChunkSampler(latents, config.silence_unit, ChunkSamplingConfig(), TB)
+    s = 1
+    chunks = int(latents.num_frames[s]) // Fc
+    assert chunks >= 3
+    truth = [sampler.gather(torch.tensor([s]), torch.tensor([k])) for k in range(chunks)]
+    model = GroundTruthDiT(config, [(b.video[0], b.audio[0]) for b in truth])
+    models = RendererModels(model, codecs.video, codecs.audio, TB, trained=True)  # type: ignore[arg-type]
+    reference = neutral_reference(ShardDataset(corpus, "train")[s].character, 64)
+    state: dict[str, np.ndarray | None] = dict.fromkeys(("ref", "sv", "sa", "mv", "ma"))
+    with ThreadPoolExecutor(1) as executor:
+        engine = RenderEngine(models, steps=1, guidance=1.0, max_batch=1, executor=executor)
+        for k, batch in enumerate(truth):
+            job = ChunkJob(units=batch.cond.units[0].tolist(), seed=k, ref_image=reference, ref_latent=state["ref"],
+                           sink_video=state["sv"], sink_audio=state["sa"], motion_video=state["mv"],
+                           motion_audio=state["ma"])
+            out = engine.render_batch([job])[0]
+            np.testing.assert_allclose(out.video_latents, batch.video[0].numpy(), atol=1e-5)
+            if k == 0:
+                state.update(ref=out.ref_latent, sv=out.video_latents, sa=out.audio_latents)
+            state.update(mv=out.video_latents[-Fm:], ma=out.audio_latents[-Fm * m:])
+
+            seen, built = model.seen[k], dataclasses.asdict(batch.cond)
+            assert set(seen) == set(built)
+            for name, value in built.items():
+                assert seen[name].shape == value.shape and seen[name].dtype == value.dtype, name
+                tol = 2e-2 if name == "ref_video" else 1e-5  # the cache stores the reference in float16
+                torch.testing.assert_close(seen[name], value, atol=tol, rtol=0, msg=name)
+
+    # Spelled out: chunk 0 has no context, later chunks have chunk 0 as sink and the last Fm frames as motion.
+    assert not truth[0].cond.has_sink.item() and not truth[0].cond.has_motion.item()
+    assert truth[0].cond.sink_video.abs().max() == 0 and truth[0].cond.motion_audio.abs().max() == 0
+    k = 2
+    assert truth[k].cond.has_sink.item() and truth[k].cond.has_motion.item()
+    assert torch.equal(truth[k].cond.sink_video, truth[0].video)
+    assert torch.equal(truth[k].cond.sink_audio, truth[0].audio)
+    assert torch.equal(truth[k].cond.motion_video, truth[k - 1].video[:, -Fm:])
+    assert torch.equal(truth[k].cond.motion_audio, truth[k - 1].audio[:, -Fm * m:])
+    first = int(latents.frame_offset[s]) + k * Fc
+    assert torch.equal(truth[k].video[0], latents.video[first:first + Fc].float())
+
+
+def test_draws_mix_first_chunks_and_silence_units(latents: LatentCache, codecs: Codecs) -> None:
+    silence = dit_config(codecs).silence_unit
+    sampler = ChunkSampler(latents, silence, ChunkSamplingConfig(first_chunk_prob=0.25, silence_unit_prob=1.0), TB)
+    batch = sampler.draw(2000, torch.Generator().manual_seed(0))
+    first = batch.chunk_index == 0
+    assert 0.21 < float(first.float().mean()) < 0.29
+    assert torch.equal(batch.cond.has_sink, ~first) and torch.equal(batch.cond.has_motion, ~first)
+    assert bool((batch.chunk_index < latents.num_frames[batch.sample_index] // Fc).all())  # never a partial chunk
+    frames = (latents.frame_offset[batch.sample_index] + batch.chunk_index * Fc)[:, None] + torch.arange(Fc)
+    silent = latents.rms[frames] < sampler.config.silence_rms
+    assert silent.any() and torch.equal(batch.cond.units == silence, silent)
+    assert torch.equal(sampler.gather(batch.sample_index, batch.chunk_index).cond.units, latents.units[frames])
+
+
+# ---- objective ------------------------------------------------------------------------------------
+
+class OracleDiT(nn.Module):
+    """Knows the clean latents: its velocity (x_t - x0) / t is exactly noise - x0."""
+
+    def __init__(self, video: Tensor, audio: Tensor, null_unit: int = 0) -> None:
+        super().__init__()
+        self.video, self.audio, self.null_unit = video, audio, null_unit
+
+    def forward(self, video_noisy: Tensor, audio_noisy: Tensor, t: Tensor, **cond: Tensor) -> tuple[Tensor, Tensor]:
+        video_t, audio_t = t.view(-1, 1, 1, 1, 1), t.view(-1, 1, 1)
+        return (video_noisy - self.video) / video_t, (audio_noisy - self.audio) / audio_t
+
+
+def test_loss_is_zero_at_the_sampler_convention(latents: LatentCache, codecs: Codecs) -> None:
+    batch = ChunkSampler(latents, dit_config(codecs).silence_unit).draw(4, torch.Generator().manual_seed(1))
+    config = FlowMatchingConfig()
+    noise = draw_noise(config, batch.video.shape, batch.audio.shape, torch.Generator().manual_seed(2))
+    noise.t = noise.t.clamp(min=0.05)  # the oracle divides by t
+    oracle = OracleDiT(batch.video, batch.audio)
+    loss, metrics = flow_matching_loss(oracle, batch.video, batch.audio, batch.cond, noise, config)
+    assert float(loss) < 1e-8 and metrics["loss_video"] < 1e-8 and metrics["loss_audio"] < 1e-8
+    assert torch.equal(interpolate(batch.video, noise.video, torch.ones(4)), noise.video)
+    assert torch.equal(interpolate(batch.video, noise.video, torch.zeros(4)), batch.video)
+    # The same oracle, integrated by the inference sampler, lands on the clean latents: one convention.
+    video, audio = FlowMatchingSampler(steps=4).sample(oracle, batch.cond, noise.video, noise.audio)
+    torch.testing.assert_close(video, batch.video, atol=1e-4, rtol=0)
+    torch.testing.assert_close(audio, batch.audio, atol=1e-4, rtol=0)
+    # A model off by a constant pays exactly its squared offset, weighted per modality.
+    shifted = FlowMatchingConfig(video_weight=2.0, audio_weight=0.5)
+    off = OracleDiT(batch.video - 0.1, batch.audio + 0.2)
+    loss, metrics = flow_matching_loss(off, batch.video, batch.audio, batch.cond, noise, shifted)
+    expected_video = float(((0.1 / noise.t) ** 2).mean())
+    assert metrics["loss_video"] == pytest.approx(expected_video, rel=1e-4)
+    assert float(loss) == pytest.approx(2.0 * metrics["loss_video"] + 0.5 * metrics["loss_audio"], rel=1e-5)
+    assert torch.allclose(velocity_target(batch.video, noise.video), noise.video - batch.video)
+
+
+def test_logit_normal_t_stays_inside_the_unit_interval() -> None:
+    config = FlowMatchingConfig(t_sampling="logit_normal")
+    draw = draw_noise(config, (4096, 1, 1, 1, 1), (4096, 1, 1), torch.Generator().manual_seed(0))
+    assert 0 < float(draw.t.min()) and float(draw.t.max()) < 1 and abs(float(draw.t.median()) - 0.5) < 0.05
+    with pytest.raises(ValueError, match="t_sampling"):
+        FlowMatchingConfig(t_sampling="cosine")
+
+
+def test_overfitting_two_chunks_lowers_the_loss(latents: LatentCache, codecs: Codecs) -> None:
+    torch.manual_seed(0)
+    model = JointAudioVideoDiT(dit_config(codecs, width=32, depth=1, num_heads=2, cond_dropout=0.0)).train()
+    sampler = ChunkSampler(latents, model.config.silence_unit)
+    batch = sampler.gather(torch.tensor([1, 3]), torch.tensor([0, 2]))
+    config = FlowMatchingConfig()
+    noise = draw_noise(config, batch.video.shape, batch.audio.shape, torch.Generator().manual_seed(0))
+    noise = NoiseDraw(torch.tensor([0.3, 0.7]), noise.video, noise.audio)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss, _ = flow_matching_loss(model, batch.video, batch.audio, batch.cond, noise, config)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+# ---- the distributed trainer ----------------------------------------------------------------------
+
+def test_torchrun_two_ranks_train_export_and_resume(corpus: Path, cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    base = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "training.trainers.dit",
+            "--config", str(ROOT / "training" / "configs" / "dit_tiny.toml"),
+            "--set", f"data.corpus={corpus}", "--set", f"data.cache={cache}", "--set", f"run.out={out}",
+            "--set", "model.width=64", "--set", "model.depth=1", "--set", "model.num_heads=2",
+            "--set", "run.batch_size=2", "--set", "run.log_every=1", "--set", "run.checkpoint_every=100",
+            "--set", "run.warmup_steps=2", "--set", "run.progress=false", "--set", "run.backend=gloo"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(steps: int) -> str:
+        done = subprocess.run([*base, "--set", f"run.steps={steps}"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=240)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+    run(3)
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert ranks["step"] == 3 and len(ranks["digests"]) == 2 and len(set(ranks["digests"])) == 1
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-0000003"
+    assert (out / "checkpoints" / "step-0000003" / "state.pt").exists()
+    first_export = (out / "export" / "dit" / "model.safetensors").read_bytes()
+
+    log = run(5)
+    assert "resumed from" in log and "at step 3" in log
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert ranks["step"] == 5 and len(set(ranks["digests"])) == 1
+    history = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert history == [1, 2, 3, 4, 5]  # steps 1-3 were not redone
+    assert (out / "export" / "dit" / "model.safetensors").read_bytes() != first_export
+
+    renderer = load_renderer(out / "export")
+    assert renderer.trained and (renderer.dit.config.width, renderer.dit.config.depth) == (64, 1)
+    assert json.loads((out / "export" / "bundle.json").read_text())["training"]["dit"]["steps"] == 5
+
+
+def test_eval_reports_chunk_and_rollout_metrics(corpus: Path, cache: Path, codecs: Codecs, tmp_path: Path) -> None:
+    from streamchar.models.io import save_module
+    from training.trainers.dit import evaluate
+
+    torch.manual_seed(0)
+    save_module(JointAudioVideoDiT(dit_config(codecs, width=32, depth=1, num_heads=2)),
+                dit_config(codecs, width=32, depth=1, num_heads=2), tmp_path / "ckpt" / "dit")
+    report = evaluate(tmp_path / "ckpt", corpus, cache, "test", chunks=4, steps=(2,), guidance=(1.0, 2.0),
+                      rollouts=1, out=tmp_path / "eval")
+    assert [(r["steps"], r["guidance"]) for r in report["settings"]] == [(2, 1.0), (2, 2.0)]
+    for row in report["settings"] + report["rollouts"]:
+        assert all(np.isfinite(row[k]) for k in ("video_mse", "audio_mse", "psnr", "mouth_l1", "energy_corr"))
+    assert report["codec_psnr"] > 25  # the codec's own round trip on these frames
+    assert Path(report["rollouts"][0]["mp4"]).stat().st_size > 1000
+    assert (tmp_path / "eval" / "report.json").exists()

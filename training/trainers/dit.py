@@ -1,0 +1,524 @@
+"""Train and evaluate the joint audio-video DiT teacher (rectified flow, inference-exact conditioning).
+
+    python -m training.trainers.dit precompute --config training/configs/dit_tiny.toml       # latents, once
+    python -m training.trainers.dit --config training/configs/dit_tiny.toml [--set run.steps=100]
+    torchrun --standalone --nproc_per_node 2 -m training.trainers.dit --config training/configs/dit_tiny.toml
+    python -m training.trainers.dit eval --checkpoint runs/dit-tiny --corpus data/corpus --split test
+
+Training: chunks of the cached corpus latents with the conditions the renderer builds
+(:mod:`training.pipelines.dit_data`), the flow-matching loss in the sampler's convention
+(:mod:`training.objectives.flow_matching`), and the shared loop of :mod:`training.trainers.runtime`
+(DDP over gloo or nccl, checkpoints, resume, rank digests, loss curves). The model is the preset's
+:class:`JointAudioVideoDiT` with ``num_units`` taken from the unit tokenizer the cache was made with;
+its speech units are dropped to the CFG null unit inside ``forward`` with ``cond_dropout``.
+
+EMA: the trained module is :class:`EMADiT`, the DiT plus an exponential moving average of its weights,
+so checkpoints, resume and the ranks' weight digests cover both. The runtime has no post-step hook, so
+each step first folds the previous step's weights into the EMA (all ranks hold the same weights, so the
+EMAs stay identical); after the loop the final weights are folded in once. The export is the EMA: with a
+few thousand steps at a decaying learning rate it is a smoother estimate than the last iterate.
+
+Export: rank 0 writes ``<out>/export/``, a renderer bundle (``dit/`` in ``save_module`` format plus the
+codecs and unit tokenizer it was trained against, and ``bundle.json``), so ``load_renderer(<out>/export)``
+gives the trained renderer and ``dit/`` can be copied into any bundle with those codecs.
+
+Evaluation (:func:`evaluate`): held-out chunks are sampled from their ground-truth conditions with
+``FlowMatchingSampler`` at each (steps, guidance) setting and compared with the ground truth (latent MSEs,
+decoded-frame PSNR next to the codec's own ceiling, mouth-region error and motion correlation, per-frame
+audio energy correlation); a few whole clips are then rolled out chunk by chunk through the renderer's own
+``RenderEngine.render_batch`` (own outputs as motion and sink, as a live session does) and written as MP4s
+(generated | ground truth, generated audio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from streamchar.config import load_config
+from streamchar.engine.rendering import ChunkJob, RenderEngine, RendererModels, chunk_seed
+from streamchar.logutil import setup_logging
+from streamchar.media.mux import FragmentedMP4Muxer
+from streamchar.models.bundle import default_checkpoint, read_manifest, write_manifest
+from streamchar.models.io import load_module, save_module
+from streamchar.models.joint_dit import PRESETS, JointAudioVideoDiT, JointDiTConfig
+from streamchar.models.sampler import FlowMatchingSampler
+from streamchar.timebase import TimeBase
+from training.data.corpus import ShardDataset
+from training.eval.sync import SyncNetConfig
+from training.objectives.flow_matching import FlowMatchingConfig, NoiseDraw, draw_noise, flow_matching_loss
+from training.pipelines.dit_data import (
+    ChunkBatch,
+    ChunkSampler,
+    ChunkSamplingConfig,
+    Codecs,
+    LatentCache,
+    load_codecs,
+    neutral_reference,
+    precompute,
+    splits_in,
+)
+from training.trainers.runtime import RunConfig, Trainer, init_distributed, load_train_config
+
+log = logging.getLogger(__name__)
+TB = TimeBase()
+
+
+# ---- configuration --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DiTModelConfig:
+    """A ``joint_dit.PRESETS`` entry; a field left unset keeps the preset's value."""
+
+    preset: str = "tiny"
+    width: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+    cond_dropout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r} (choose from {', '.join(PRESETS)})")
+
+    def build(self, codecs: Codecs) -> JointDiTConfig:
+        """The DiT config: the preset, these overrides, and the unit count of the cache's tokenizer."""
+        overrides = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                     if f.name != "preset" and getattr(self, f.name) is not None}
+        config = dataclasses.replace(PRESETS[self.preset], num_units=codecs.units.config.num_units, **overrides)
+        geometry = (codecs.video.latent_channels, codecs.video.latent_size, codecs.audio.latent_channels)
+        if (config.video_channels, config.video_latent_size, config.audio_channels) != geometry:
+            raise ValueError(f"preset {self.preset!r} expects latents (C, h, Ca) = "
+                             f"{(config.video_channels, config.video_latent_size, config.audio_channels)} but the "
+                             f"codecs produce {geometry}: point data.bundle at codecs of this preset")
+        return config
+
+
+@dataclass(frozen=True)
+class DiTDataConfig:
+    corpus: str = "data/corpus"
+    cache: str = "data/cache"
+    bundle: str = ""  # codecs + unit tokenizer; "": the shipped streamchar/checkpoints/tiny
+    split: str = "train"
+    sampling: ChunkSamplingConfig = ChunkSamplingConfig()
+
+
+@dataclass(frozen=True)
+class EMAConfig:
+    decay: float = 0.999  # per step, after a (1 + n) / (10 + n) warm-up; 0: the EMA is the last weights
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError("ema.decay must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class DiTTrainConfig:
+    run: RunConfig = RunConfig(out="runs/dit-tiny")
+    model: DiTModelConfig = DiTModelConfig()
+    data: DiTDataConfig = DiTDataConfig()
+    objective: FlowMatchingConfig = FlowMatchingConfig()
+    ema: EMAConfig = EMAConfig()
+    precision: str = "fp32"  # "bf16": the forward under bfloat16 autocast (GPUs); weights and loss stay fp32
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+
+
+# ---- model ----------------------------------------------------------------------------------------
+
+class EMADiT(nn.Module):
+    """The trained DiT (``dit``) and the EMA of its weights (``ema``); ``forward`` is the DiT's."""
+
+    def __init__(self, dit: JointAudioVideoDiT, decay: float) -> None:
+        super().__init__()
+        self.decay = decay
+        self.dit = dit
+        self.ema = copy.deepcopy(dit).requires_grad_(False)
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))  # weight versions folded in
+
+    def forward(self, **inputs: Tensor) -> tuple[Tensor, Tensor]:
+        return self.dit(**inputs)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """Fold the current weights into the EMA (warm-up: early versions are not dwarfed by the init)."""
+        n = int(self.ema_updates)
+        decay = min(self.decay, (1 + n) / (10 + n))
+        for average, weight in zip(self.ema.parameters(), self.dit.parameters()):
+            average.lerp_(weight, 1.0 - decay)
+        self.ema_updates += 1
+
+    def finish_ema(self, step: int) -> None:
+        """After `step` optimiser steps the EMA must hold versions 0..step; add the last one if missing."""
+        if int(self.ema_updates) == step:
+            self.update_ema()
+
+
+@dataclass
+class TrainBatch:
+    chunks: ChunkBatch
+    noise: NoiseDraw
+
+
+# ---- data -----------------------------------------------------------------------------------------
+
+def ensure_cache(data: DiTDataConfig, codecs: Codecs, splits: list[str], progress: bool) -> None:
+    for split in splits:
+        precompute(data.corpus, data.cache, split, codecs, TB, progress=progress)
+
+
+def load_split(data: DiTDataConfig, split: str, codecs: Codecs) -> LatentCache:
+    cache = LatentCache.load(data.cache, split, TB.mel_per_frame)
+    if cache.codecs != codecs.digest():
+        raise ValueError(f"the {split} latent cache was made with other codecs: run precompute again")
+    return cache
+
+
+# ---- training -------------------------------------------------------------------------------------
+
+def train(config: DiTTrainConfig) -> Path | None:
+    """Train (or resume) the teacher; returns the export directory on rank 0."""
+    r = config.run
+    info = init_distributed(r.backend, r.threads)
+    codecs = load_codecs(config.data.bundle or None)
+    if info.is_main:
+        ensure_cache(config.data, codecs, [config.data.split], r.progress)
+    if info.distributed:
+        dist.barrier()  # the other ranks read the cache rank 0 just made
+    cache = load_split(config.data, config.data.split, codecs)
+    dit_config = config.model.build(codecs)
+    sampler = ChunkSampler(cache, dit_config.silence_unit, config.data.sampling, TB)
+    torch.manual_seed(r.seed)  # every rank builds the same initial weights
+    model = EMADiT(JointAudioVideoDiT(dit_config), config.ema.decay)
+    if info.is_main:
+        log.info("dit: %s, %.2fM parameters, %d samples / %d chunks of %s", dit_config,
+                 sum(p.numel() for p in model.dit.parameters()) / 1e6, len(cache), sampler.num_chunks,
+                 config.data.split)
+    trainer = Trainer("dit", config, model, info)
+    device = info.device
+
+    def batch_fn(step: int, generator: torch.Generator) -> TrainBatch:
+        chunks = sampler.draw(r.batch_size, generator)
+        noise = draw_noise(config.objective, chunks.video.shape, chunks.audio.shape, generator)
+        return TrainBatch(chunks.to(device), noise.to(device))
+
+    def loss_fn(module: nn.Module, batch: TrainBatch) -> tuple[Tensor, dict[str, float]]:
+        model.update_ema()  # the weights of the previous step (see the module docstring)
+        with torch.autocast(device.type, torch.bfloat16, enabled=config.precision == "bf16"):
+            return flow_matching_loss(module, batch.chunks.video, batch.chunks.audio, batch.chunks.cond,
+                                      batch.noise, config.objective)
+
+    started = time.perf_counter()
+    trainer.fit(batch_fn, loss_fn)
+    model.finish_ema(trainer.step)
+    export_dir = None
+    if info.is_main:
+        export_dir = export(model, config, codecs, trainer, time.perf_counter() - started)
+    trainer.close()
+    return export_dir
+
+
+def export(model: EMADiT, config: DiTTrainConfig, codecs: Codecs, trainer: Trainer, seconds: float) -> Path:
+    """Write ``<out>/export``: a renderer bundle holding the EMA DiT and the codecs it was trained against."""
+    out = Path(config.run.out)
+    final, tmp = out / "export", out / ".export.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_module(model.ema, model.ema.config, tmp / "dit")
+    source = Path(config.data.bundle) if config.data.bundle else default_checkpoint("tiny")
+    shutil.copytree(source / "video_codec", tmp / "video_codec")
+    shutil.copytree(source / "units", tmp / "units")
+    shutil.copy2(source / "audio_codec.json", tmp / "audio_codec.json")
+    last = trainer.history[-1] if trainer.history else {}
+    write_manifest(tmp, {
+        "preset": config.model.preset,
+        "trained": {**read_manifest(source).get("trained", {}), "dit": True},
+        "training": {"dit": {"steps": trainer.step, "ranks": trainer.info.world_size,
+                             "last_launch_seconds": seconds, "weights": "ema", "ema_decay": config.ema.decay,
+                             "codecs": codecs.digest(),
+                             "final": {k: v for k, v in last.items() if k.startswith("loss")},
+                             "config": dataclasses.asdict(config)}},
+    })
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    log.info("dit: exported the EMA weights after %d steps to %s", trainer.step, final)
+    return final
+
+
+# ---- evaluation -----------------------------------------------------------------------------------
+
+MOUTH_BOX = SyncNetConfig().crop_box  # (top, left, height, width): the lower-centre box where mouths move
+
+
+def load_eval_dit(checkpoint: Path, weights: str = "ema") -> tuple[JointAudioVideoDiT, Path | None]:
+    """The DiT of a bundle / export directory, a run directory (its export) or a training checkpoint
+    (``step-N/`` with ``state.pt``; ``weights`` picks "ema" or "raw"), and the bundle holding its codecs."""
+    if (checkpoint / "state.pt").exists():
+        saved = json.loads((checkpoint / "config.json").read_text())
+        config = load_config(DiTTrainConfig, None, env={}, overrides=saved)
+        codecs = load_codecs(config.data.bundle or None)
+        model = EMADiT(JointAudioVideoDiT(config.model.build(codecs)), config.ema.decay)
+        model.load_state_dict(torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)["model"])
+        if weights not in ("ema", "raw"):
+            raise ValueError("weights must be 'ema' or 'raw'")
+        dit = model.ema if weights == "ema" else model.dit
+        return dit.eval(), Path(config.data.bundle) if config.data.bundle else None
+    root = checkpoint if (checkpoint / "dit" / "config.json").exists() else checkpoint / "export"
+    if not (root / "dit" / "config.json").exists():
+        raise FileNotFoundError(f"no DiT under {checkpoint} (expected dit/, export/dit/ or state.pt)")
+    dit = load_module(JointAudioVideoDiT, root / "dit", config_cls=JointDiTConfig)
+    return dit, root if (root / "video_codec").exists() else None
+
+
+def _corr(a: Tensor, b: Tensor) -> float:
+    a, b = a.flatten().double(), b.flatten().double()
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (a.norm() * b.norm()).clamp(min=1e-12))
+
+
+def _psnr(a: Tensor, b: Tensor) -> float:
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return 10 * math.log10(255.0**2 / max(mse, 1e-10))
+
+
+def _to_uint8(frames: Tensor) -> Tensor:
+    """[N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3], quantised as the renderer does."""
+    return ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def _mouth(frames: Tensor) -> Tensor:
+    """uint8 [..., H, W, 3] -> float [..., h, w, 3], the mouth box."""
+    top, left, height, width = MOUTH_BOX
+    return frames[..., top:top + height, left:left + width, :].float()
+
+
+def chunk_metrics(video: Tensor, audio: Tensor, frames: Tensor, gt_video: Tensor, gt_audio: Tensor,
+                  gt_frames: Tensor) -> dict[str, float]:
+    """Generated vs ground truth: latents video [B, F, C, h, w], audio [B, M, Ca]; frames uint8 [B, F, H, W, 3]."""
+    mouth, gt_mouth = _mouth(frames), _mouth(gt_frames)  # [B, F, h, w, 3]
+    motion = (mouth[:, 1:] - mouth[:, :-1]).abs().mean(dim=(2, 3, 4))  # [B, F-1] mouth change per frame
+    gt_motion = (gt_mouth[:, 1:] - gt_mouth[:, :-1]).abs().mean(dim=(2, 3, 4))
+    m = TB.mel_per_frame
+    energy = audio.reshape(audio.shape[0], -1, m * audio.shape[-1]).mean(-1)  # [B, F] mean normalised log-mel
+    gt_energy = gt_audio.reshape(gt_audio.shape[0], -1, m * gt_audio.shape[-1]).mean(-1)
+    return {"video_mse": float(((video - gt_video) ** 2).mean()), "audio_mse": float(((audio - gt_audio) ** 2).mean()),
+            "psnr": _psnr(frames, gt_frames), "mouth_l1": float((mouth - gt_mouth).abs().mean()),
+            "mouth_motion_corr": _corr(motion, gt_motion), "energy_corr": _corr(energy, gt_energy)}
+
+
+@torch.inference_mode()
+def decode_frames(models: RendererModels, video: Tensor) -> Tensor:
+    """[B, F, C, h, w] latents -> uint8 [B, F, H, W, 3]."""
+    frames = _to_uint8(models.video_codec.decode(video.flatten(0, 1)))
+    return frames.reshape(*video.shape[:2], *frames.shape[1:])
+
+
+def _sample(sampler: FlowMatchingSampler, dit: JointAudioVideoDiT, batch: ChunkBatch, video_noise: Tensor,
+            audio_noise: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+    """Sample in slices of `rows` (bounded memory); the same noise and conditions at every setting."""
+    cond = {f.name: getattr(batch.cond, f.name) for f in dataclasses.fields(batch.cond)}  # shallow, no copies
+    videos, audios = [], []
+    for i in range(0, len(video_noise), rows):
+        part = {k: v[i:i + rows] for k, v in cond.items()}
+        v, a = sampler.sample(dit, part, video_noise[i:i + rows], audio_noise[i:i + rows])
+        videos.append(v)
+        audios.append(a)
+    return torch.cat(videos), torch.cat(audios)
+
+
+def rollout(models: RendererModels, cache: LatentCache, samples: list[int], steps: int, guidance: float,
+            references: list[np.ndarray], seed: int) -> list[tuple[np.ndarray, np.ndarray, Tensor, Tensor]]:
+    """Render whole clips chunk by chunk exactly as a live session does (``RenderEngine.render_batch``:
+    chunk 0 from the reference alone, then the own previous chunk as motion and chunk 0 as sink), with the
+    clips' ground-truth units. Returns per clip (frames uint8 [F, H, W, 3], pcm [S], video [F, C, h, w],
+    audio [F*m, Ca]) over its full chunks."""
+    Fc, Fm, m = TB.frames_per_chunk, TB.motion_frames, TB.mel_per_frame
+    chunks = [int(cache.num_frames[s]) // Fc for s in samples]
+    state: list[dict[str, np.ndarray | None]] = [dict.fromkeys(("ref", "sink_v", "sink_a", "motion_v", "motion_a"))
+                                                 for _ in samples]
+    outputs: list[list] = [[] for _ in samples]
+    with ThreadPoolExecutor(1) as executor:
+        engine = RenderEngine(models, steps, guidance, max_batch=len(samples), executor=executor)
+        for k in range(max(chunks)):
+            active = [i for i, n in enumerate(chunks) if k < n]
+            jobs = []
+            for i in active:
+                s, st = samples[i], state[i]
+                first = int(cache.frame_offset[samples[i]]) + k * Fc
+                jobs.append(ChunkJob(units=cache.units[first:first + Fc].tolist(), seed=chunk_seed(seed + s, k),
+                                     ref_image=references[i], ref_latent=st["ref"], sink_video=st["sink_v"],
+                                     sink_audio=st["sink_a"], motion_video=st["motion_v"], motion_audio=st["motion_a"]))
+            for i, out in zip(active, engine.render_batch(jobs)):
+                st = state[i]
+                st["motion_v"], st["motion_a"] = out.video_latents[-Fm:], out.audio_latents[-Fm * m:]
+                if st["sink_v"] is None:
+                    st["ref"], st["sink_v"], st["sink_a"] = out.ref_latent, out.video_latents, out.audio_latents
+                outputs[i].append(out)
+    return [(np.concatenate([o.frames for o in outs]), np.concatenate([o.pcm for o in outs]),
+             torch.from_numpy(np.concatenate([o.video_latents for o in outs])),
+             torch.from_numpy(np.concatenate([o.audio_latents for o in outs]))) for outs in outputs]
+
+
+def write_mp4(path: Path, frames: np.ndarray, pcm: np.ndarray) -> None:
+    """frames uint8 [F, H, W, 3], pcm float32 [F * 640] -> an MP4 file, one fragment per chunk."""
+    mux = FragmentedMP4Muxer(frames.shape[2], frames.shape[1], TB.fps, TB.sample_rate)
+    parts = [mux.init_segment()]
+    spf, Fc = TB.samples_per_frame, TB.frames_per_chunk
+    for k in range(0, len(frames), Fc):
+        parts.append(mux.add_chunk(np.ascontiguousarray(frames[k:k + Fc]), pcm[k * spf:(k + Fc) * spf]))
+    parts.append(mux.close())
+    path.write_bytes(b"".join(parts))
+
+
+def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: str | Path = "data/cache",
+             split: str = "test", bundle: str | None = None, chunks: int = 64, steps: tuple[int, ...] = (32, 4),
+             guidance: tuple[float, ...] = (1.0, 2.0), rollouts: int = 2, out: str | Path | None = None,
+             weights: str = "ema", seed: int = 0, rows: int = 32) -> dict[str, Any]:
+    """Score a checkpoint on held-out chunks and clips (see the module docstring); prints a table, writes
+    ``report.json`` (and rollout MP4s) to `out` (default ``<checkpoint>/eval-<split>``), returns the report."""
+    checkpoint = Path(checkpoint)
+    out_dir = Path(out) if out else checkpoint / f"eval-{split}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dit, dit_bundle = load_eval_dit(checkpoint, weights)
+    codecs = load_codecs(bundle or dit_bundle)
+    models = RendererModels(dit=dit.eval(), video_codec=codecs.video, audio_codec=codecs.audio, time_base=TB,
+                            trained=True)
+    data = DiTDataConfig(corpus=str(corpus), cache=str(cache), split=split)
+    ensure_cache(data, codecs, [split], progress=False)
+    latents = load_split(data, split, codecs)
+    corpus_samples = ShardDataset(Path(corpus), split)
+    if [corpus_samples.shards[si].records[i]["sample_id"] for si, i in corpus_samples.index] != latents.sample_ids:
+        raise ValueError("the latent cache and the corpus split hold different samples")
+
+    # 1. Held-out chunks with ground-truth conditions, the same draw and noise at every setting.
+    sampler = ChunkSampler(latents, dit.config.silence_unit, ChunkSamplingConfig(silence_unit_prob=0.0), TB)
+    generator = torch.Generator().manual_seed(seed)
+    batch = sampler.draw(chunks, generator)
+    video_noise = torch.randn(batch.video.shape, generator=generator)
+    audio_noise = torch.randn(batch.audio.shape, generator=generator)
+    Fc = TB.frames_per_chunk
+    gt_frames = torch.stack([
+        torch.from_numpy(np.ascontiguousarray(corpus_samples[int(s)].frames[int(k) * Fc:(int(k) + 1) * Fc]))
+        for s, k in zip(batch.sample_index, batch.chunk_index)])  # [B, F, H, W, 3]
+    codec_psnr = _psnr(decode_frames(models, batch.video), gt_frames)
+    settings = []
+    for n in steps:
+        for g in guidance:
+            started = time.perf_counter()
+            video, audio = _sample(FlowMatchingSampler(n, g), dit, batch, video_noise, audio_noise, rows)
+            seconds = (time.perf_counter() - started) / chunks
+            metrics = chunk_metrics(video, audio, decode_frames(models, video), batch.video, batch.audio, gt_frames)
+            settings.append({"steps": n, "guidance": g, **metrics, "seconds_per_chunk": seconds})
+
+    # 2. Whole clips rolled out like a live session, from the first setting.
+    clip_rows = []
+    if rollouts:
+        picks = [s for s in range(len(latents)) if int(latents.num_frames[s]) // Fc >= 4][:rollouts]
+        refs = [neutral_reference(corpus_samples[s].character, codecs.video.image_size) for s in picks]
+        rolled = rollout(models, latents, picks, steps[0], guidance[0], refs, seed)
+        for s, (frames, pcm, video, audio) in zip(picks, rolled):
+            n_frames = len(frames)
+            first = int(latents.frame_offset[s])
+            gt = corpus_samples[s]
+            gt_video = latents.video[first:first + n_frames].float()
+            gt_audio = latents.audio[first:first + n_frames].flatten(0, 1).float()
+            metrics = chunk_metrics(video[None], audio[None], torch.from_numpy(frames)[None], gt_video[None],
+                                    gt_audio[None], torch.from_numpy(np.ascontiguousarray(gt.frames[:n_frames]))[None])
+            path = out_dir / f"rollout-{latents.sample_ids[s]}.mp4"
+            write_mp4(path, np.concatenate([frames, gt.frames[:n_frames]], axis=2), pcm)
+            clip_rows.append({"sample_id": latents.sample_ids[s], "frames": n_frames, **metrics, "mp4": str(path)})
+
+    report = {"checkpoint": str(checkpoint), "weights": weights, "split": split, "chunks": chunks,
+              "first_chunk_share": float((batch.chunk_index == 0).float().mean()), "codec_psnr": codec_psnr,
+              "settings": settings, "rollouts": clip_rows}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(format_report(report))
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    cols = ("video_mse", "audio_mse", "psnr", "mouth_l1", "mouth_motion_corr", "energy_corr")
+    lines = [f"{report['checkpoint']} ({report['weights']}) on {report['chunks']} {report['split']} chunks "
+             f"({report['first_chunk_share']:.0%} chunk 0), ground-truth conditions; "
+             f"codec ceiling PSNR {report['codec_psnr']:.2f} dB",
+             f"{'steps':>5} {'cfg':>4} " + " ".join(f"{c:>17}" for c in cols) + f" {'s/chunk':>8}"]
+    for row in report["settings"]:
+        lines.append(f"{row['steps']:>5} {row['guidance']:>4.1f} " + " ".join(f"{row[c]:>17.4f}" for c in cols)
+                     + f" {row['seconds_per_chunk']:>8.3f}")
+    if report["rollouts"]:
+        lines.append("rollouts (own outputs as motion/sink, first setting):")
+        for row in report["rollouts"]:
+            lines.append(f"{row['sample_id']:>14} {row['frames']:>4} frames " + " ".join(
+                f"{c} {row[c]:.4f}" for c in cols) + f"  {row['mp4']}")
+    return "\n".join(lines)
+
+
+# ---- command line ---------------------------------------------------------------------------------
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in ("train", "precompute", "eval") else "train"
+    parser = argparse.ArgumentParser(prog=f"python -m training.trainers.dit {command}")
+    if command == "eval":
+        parser.add_argument("--checkpoint", required=True, help="export/bundle dir, run dir, or checkpoints/step-N")
+        parser.add_argument("--corpus", default="data/corpus")
+        parser.add_argument("--cache", default="data/cache")
+        parser.add_argument("--bundle", default=None, help="codecs (default: the checkpoint's, else the shipped)")
+        parser.add_argument("--split", default="test")
+        parser.add_argument("--chunks", type=int, default=64)
+        parser.add_argument("--steps", type=_ints, default=(32, 4), help="comma-separated, e.g. 32,4")
+        parser.add_argument("--guidance", type=_floats, default=(1.0, 2.0), help="comma-separated, e.g. 1,2")
+        parser.add_argument("--rollouts", type=int, default=2)
+        parser.add_argument("--weights", choices=("ema", "raw"), default="ema", help="for step-N checkpoints")
+        parser.add_argument("--out", default=None)
+        parser.add_argument("--seed", type=int, default=0)
+    else:
+        parser.add_argument("--config", default=None, help="TOML over the defaults")
+        parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+        if command == "precompute":
+            parser.add_argument("--split", action="append", default=None, help="default: every split of the corpus")
+    args = parser.parse_args(argv)
+    setup_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    if command == "eval":
+        torch.set_num_threads(os.cpu_count() or 1)
+        evaluate(args.checkpoint, args.corpus, args.cache, args.split, args.bundle, args.chunks, args.steps,
+                 args.guidance, args.rollouts, args.out, args.weights, args.seed)
+        return 0
+    config = load_train_config(DiTTrainConfig, args.config, args.set)
+    if command == "precompute":
+        torch.set_num_threads(os.cpu_count() or 1)
+        ensure_cache(config.data, load_codecs(config.data.bundle or None),
+                     args.split or splits_in(config.data.corpus), progress=config.run.progress)
+        return 0
+    train(config)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
