@@ -6,16 +6,19 @@ The context is a sequence of segments::
 
 Each video frame is two tokens: ``<adv_n>`` (the progress pointer advances n transcript bytes
 during the frame) then a unit token (or ``<wait>`` for silence). Text enters the context lazily,
-only while the pointer is within `lookahead_bytes` of the end of the text already in context, so
-the context is the same whether the transcript arrived at once or word by word, as long as words
-arrive before speech reaches them. Decoding is constrained, which makes the protocol's promises
+only while the pointer is within `lookahead_bytes` of the end of the text already in context, in
+pieces of up to ``2 * lookahead_bytes`` past the pointer. A piece ends where the received text ends,
+so a transcript streamed word by word can be cut into different pieces than the same transcript
+sent at once; the contexts (and so the LM's choices) agree when text arrives well ahead of speech.
+Training replays both (training/pipelines/lm_data.py), and the LM evaluation reports how often
+streamed and whole-text units match. Decoding is constrained, which makes the protocol's promises
 hard guarantees rather than hopes:
 
 - the pointer never passes text that has not been received (advances are capped by the text in
   context); with no text to speak the frame is *starved* and the caller waits or fills;
 - the pointer is monotonic and reaches the end: after `max_stall_frames` frames without an
-  advance while text is available, advance 0 is disallowed; ``<eos>`` is allowed only at the end
-  of the transcript after EndOfText;
+  advance while text is available, advance 0 is disallowed; ``<eos>`` is not the LM's choice: the
+  protocol appends it as soon as the pointer reaches the end of the transcript after EndOfText;
 - the context is bounded: past `max_context` tokens it is rebuilt from the text around the
   pointer and the last `keep_frames` frames.
 
