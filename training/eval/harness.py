@@ -242,7 +242,9 @@ def write_report(results: dict[str, Any], out_dir: str | Path, meta: dict[str, A
     lines = [f"# Evaluation report: {', '.join(r['label'] for r in rows)}", "",
              "Reproduce (from the repository root, after `make say` set up `.venv`):", "",
              "```", meta["command"], "```", "",
-             f"- generated {meta['date']} on {meta['machine']}, in {meta['wall_minutes']:.1f} min",
+             f"- generated {meta['date']} on {meta['machine']}, in {meta['wall_minutes']:.1f} min"
+             + (f" (load average {meta['load']}: timings are only comparable within one report)" if "load" in meta
+                else ""),
              f"- corpus: `{meta['corpus']}` (seed {meta['corpus_seed']}), held-out test identities and voices",
              "- evaluators (frozen, trained on the train split): recognizer `training/eval/checkpoints/recognizer`, "
              "sync `training/eval/checkpoints/sync`, visual `training/eval/checkpoints/visual`", ""]
@@ -261,7 +263,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path, meta: dict[str, A
             if s:
                 lines.append(
                     f"| {r['label']} | {100 * s['per']:.1f}% | {_f(s['lse_c'])} | {_f(s['lse_d'])} | "
-                    f"{100 * s['offset0']:.0f}% | {_f(s['fd'], '.2f')} | {_f(s['identity'])} | "
+                    f"{100 * s['offset0']:.0f}% | {_f(s['fd'], '.3g')} | {_f(s['identity'])} | "
                     f"{_f(s['seam']['ratio'])} | {s['seconds'] / s['gt_seconds']:.2f} | "
                     f"{_f(s['render_ms'], '.1f')} | {_f(s['realtime_factor'], '.2f')} |")
         lines += ["", "![short clips](short.png)", ""]
@@ -277,15 +279,15 @@ def write_report(results: dict[str, Any], out_dir: str | Path, meta: dict[str, A
             if m:
                 lines.append(
                     f"| {r['label']} | {m['min_seconds'] / 60:.1f} min | {100 * m['per']:.1f}% | {_f(m['lse_c'])} | "
-                    f"{_f(m['lse_d'])} | {_f(m['fd'], '.2f')} | {_f(m['identity'])} | "
-                    f"{_f(m['drift']['identity'], '+.4f')} | {_f(m['drift']['fd'], '+.3f')} | {_f(m['seam'])} | "
+                    f"{_f(m['lse_d'])} | {_f(m['fd'], '.3g')} | {_f(m['identity'])} | "
+                    f"{_f(m['drift']['identity'], '+.2g')} | {_f(m['drift']['fd'], '+.2g')} | {_f(m['seam'])} | "
                     f"{_f(m['render_ms'], '.1f')} |")
         lines += ["", "Per session:", "", "| system | session | minutes | PER | identity sim | FD | LSE-C | seam ratio |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             for s in r.get("long", {}).get("sessions", []):
                 lines.append(f"| {r['label']} | {s['session']} | {s['seconds'] / 60:.2f} | {100 * s['per']:.1f}% | "
-                             f"{_f(s['identity'])} | {_f(s['fd'], '.2f')} | {_f(s['lse_c'])} | {_f(s['seam'])} |")
+                             f"{_f(s['identity'])} | {_f(s['fd'], '.3g')} | {_f(s['lse_c'])} | {_f(s['seam'])} |")
         lines += ["", "![long horizon](long.png)", ""]
     lines += _definitions()
     _plots(rows, out_dir)
@@ -346,6 +348,8 @@ def _plots(rows: list[dict[str, Any]], out_dir: Path) -> None:
                     ax.plot(w["t_minutes"], w[key], color=c, alpha=0.8, marker=".",
                             label=r["label"] if j == 0 else None)
                 ax.set(xlabel="minutes into the stream", title=title)
+                if key == "fd" and all(v > 0 for s in r["long"]["sessions"] for v in s["windows"]["fd"]):
+                    ax.set_yscale("log")
         for ax in axes.flat:
             ax.legend(fontsize=8)
         fig.tight_layout()
@@ -359,7 +363,7 @@ def run_meta(command: str, corpus: str | Path, corpus_seed: int, window_seconds:
     return {"command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, {platform.system()}",
             "corpus": str(corpus), "corpus_seed": corpus_seed, "window_seconds": window_seconds,
-            "wall_minutes": wall / 60}
+            "wall_minutes": wall / 60, "load": "/".join(f"{x:.1f}" for x in os.getloadavg()) + " (1/5/15 min)"}
 
 
 # ---- the evaluators' own acceptance checks ---------------------------------------------------------
