@@ -201,7 +201,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     long = (long_stream_items(corpus, sessions=args.long_sessions, minutes=args.long_minutes,
                               words_per_second=args.words_per_second) if "long" in protocols else [])
     results = evaluate(systems, short, long, Evaluators.load(), window_seconds=args.window_seconds,
-                       progress=not args.quiet)
+                       progress=not args.quiet, concurrency=args.concurrency)
     argv = ["streamchar", "evaluate", *sys.argv[2:]] if args.command_line is None else shlex.split(args.command_line)
     meta = run_meta(shlex.join(argv), corpus, manifest.seed, args.window_seconds, time.perf_counter() - t0)
     path = write_report(results, args.out, meta)
@@ -228,6 +228,19 @@ def cmd_check_evaluators(args: argparse.Namespace) -> int:
     meta = run_meta(shlex.join(["streamchar", "check-evaluators", *sys.argv[2:]]), corpus, manifest.seed, 0.0,
                     time.perf_counter() - t0)
     print(write_evaluator_report(checks, args.out, meta).read_text())
+    return 0
+
+
+def cmd_samples(args: argparse.Namespace) -> int:
+    import torch
+
+    from training.eval.samples import render_samples
+
+    torch.set_num_threads(args.threads)
+    videos = render_samples(args.out, args.count, args.checkpoint, args.steps, args.guidance)
+    for v in videos:
+        print(f"{v.path} ({len(v.frames)} frames): {v.text}")
+    print(f"{Path(args.out) / 'contact_sheet.png'}")
     return 0
 
 
@@ -314,10 +327,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--long-minutes", type=float, default=5.0)
     ev.add_argument("--words-per-second", type=float, default=15.0, help="pace of the long streams' text")
     ev.add_argument("--window-seconds", type=float, default=30.0)
+    ev.add_argument("--concurrency", type=int, default=1,
+                    help="short clips run through a pipeline at once (batched by its renderer)")
     ev.add_argument("--threads", type=int, default=2)
     ev.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     ev.add_argument("-q", "--quiet", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
+
+    samples = sub.add_parser("samples", help="sample videos of held-out characters (MP4s + a PNG contact sheet)")
+    samples.add_argument("--out", default="out/samples")
+    samples.add_argument("--count", type=int, default=3)
+    samples.add_argument("--checkpoint", default="")
+    samples.add_argument("--steps", type=int, default=4)
+    samples.add_argument("--guidance", type=float, default=1.0)
+    samples.add_argument("--threads", type=int, default=2)
+    samples.set_defaults(func=cmd_samples)
 
     chk = sub.add_parser("check-evaluators", help="the evaluators' acceptance checks on the held-out test split "
                          "(recognizer PER, sync offsets, identity ROC-AUC, seam ratio, Fréchet sanity)")

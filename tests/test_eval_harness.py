@@ -77,7 +77,7 @@ def test_evaluate_command_end_to_end(corpus, tmp_path):
     with pytest.raises(SystemExit) as done:
         main(["evaluate", "--corpus", str(corpus), "--out", str(out), "--system", "ground-truth",
               "--system", "pipeline,label=shipped", "--short-limit", "4", "--long-sessions", "1",
-              "--long-minutes", "0.4", "--window-seconds", "8", "-q"])
+              "--long-minutes", "0.4", "--window-seconds", "8", "--concurrency", "2", "-q"])
     assert done.value.code == 0
     report = (out / "report.md").read_text()
     assert "streamchar evaluate" in report and "| ground-truth |" in report and "| shipped |" in report

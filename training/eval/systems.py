@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,11 @@ class System:
     def run(self, item: EvalItem) -> SystemOutput:
         raise NotImplementedError
 
+    def run_many(self, items: Sequence[EvalItem], concurrency: int = 1) -> Iterator[SystemOutput]:
+        """Outputs in item order; a system that can serve several sessions at once overrides this."""
+        for item in items:
+            yield self.run(item)
+
 
 class GroundTruthSystem(System):
     label = spec = "ground-truth"
@@ -91,6 +97,20 @@ class PipelineSystem(System):
     def run(self, item: EvalItem) -> SystemOutput:
         stack = self._ensure_stack()
         return asyncio.run(_drive(stack.gateway, item))
+
+    def run_many(self, items: Sequence[EvalItem], concurrency: int = 1) -> Iterator[SystemOutput]:
+        """`concurrency` sessions at a time (the renderer batches their chunks), yielded in item order."""
+        if concurrency <= 1:
+            yield from super().run_many(items)
+            return
+        stack = self._ensure_stack()
+        for start in range(0, len(items), concurrency):
+            group = items[start:start + concurrency]
+
+            async def drive_all(group: Sequence[EvalItem] = group) -> list[SystemOutput]:
+                return await asyncio.gather(*(_drive(stack.gateway, item) for item in group))
+
+            yield from asyncio.run(drive_all())
 
 
 async def _drive(gateway: str, item: EvalItem) -> SystemOutput:
