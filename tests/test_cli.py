@@ -11,6 +11,7 @@ import pytest
 from streamchar.localstack import ROOT
 from streamchar.localstack import child_env as service_env
 from streamchar.media.mux import decode_mp4
+from streamchar.models.bundle import default_checkpoint, read_manifest
 from streamchar.timebase import TimeBase
 
 TB = TimeBase()
@@ -24,7 +25,9 @@ def test_say_writes_an_mp4_pyav_decodes(tmp_path):
     assert proc.returncode == 0, proc.stderr
     n = int(proc.stdout.split(": ", 1)[1].split(" chunks")[0])
     assert n >= 1
-    assert "UNTRAINED" in proc.stdout  # no trained checkpoint is bundled yet, and the CLI says so
+    # The CLI says whether the shipped DiT and LM are trained, as the bundle's manifest records.
+    manifest = read_manifest(default_checkpoint())["trained"]
+    assert ("UNTRAINED" in proc.stdout) == (not (manifest.get("dit") and manifest.get("orchestrator")))
     frames, audio, info = decode_mp4(out.read_bytes())
     assert info["video_streams"] == 1 and info["audio_streams"] == 1
     assert info["video_frames"] == n * TB.frames_per_chunk

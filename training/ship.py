@@ -1,0 +1,60 @@
+"""Ship trained parts into a bundle: ``python -m training.ship --lm RUN/export --dit RUN/export``.
+
+Copies each given part (``orchestrator/`` from an LM export, ``dit/`` from a DiT export) into the
+target bundle (default: the shipped ``streamchar/checkpoints/tiny``), marks it trained and records
+how it was trained (the export's ``training`` entry) in ``bundle.json``. A DiT is only shipped into
+a bundle whose codecs are the ones it was trained against (same files), since its latents mean
+nothing under other codecs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import shutil
+from pathlib import Path
+
+from streamchar.models.bundle import default_checkpoint, read_manifest, write_manifest
+
+PARTS = {"lm": ("orchestrator", "orchestrator"), "dit": ("dit", "dit")}
+
+
+def _same_codecs(a: Path, b: Path) -> bool:
+    pairs = [("video_codec/model.safetensors",), ("video_codec/config.json",), ("units/model.safetensors",),
+             ("audio_codec.json",)]
+    return all((a / p).exists() and (b / p).exists() and filecmp.cmp(a / p, b / p, shallow=False)
+               for (p,) in pairs)
+
+
+def ship(into: Path, lm: Path | None = None, dit: Path | None = None) -> dict:
+    manifest = read_manifest(into)
+    for kind, source in (("lm", lm), ("dit", dit)):
+        if source is None:
+            continue
+        directory, part = PARTS[kind]
+        if not (source / directory / "config.json").exists():
+            raise SystemExit(f"{source} has no {directory}/ export")
+        if kind == "dit" and not _same_codecs(source, into):
+            raise SystemExit(f"{source} was trained against other codecs than {into}'s; not shipping its DiT")
+        target = into / directory
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source / directory, target)
+        exported = read_manifest(source)
+        manifest.setdefault("trained", {})[part] = True
+        manifest.setdefault("training", {})[part] = exported.get("training", {}).get(part, {})
+    write_manifest(into, manifest)
+    return manifest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lm", type=Path, help="an LM run's export directory (holds orchestrator/)")
+    parser.add_argument("--dit", type=Path, help="a DiT run's export directory (holds dit/)")
+    parser.add_argument("--into", type=Path, default=default_checkpoint("tiny"))
+    args = parser.parse_args()
+    manifest = ship(args.into, args.lm, args.dit)
+    print(f"{args.into}: trained {manifest.get('trained')}")
+
+
+if __name__ == "__main__":
+    main()
