@@ -22,6 +22,7 @@ from streamchar.models.bundle import load_renderer
 from streamchar.models.joint_dit import PRESETS, JointAudioVideoDiT, JointDiTConfig
 from streamchar.models.sampler import FlowMatchingSampler
 from streamchar.timebase import TimeBase
+from training.data.characters import reference_image
 from training.data.corpus import CorpusConfig, ShardDataset, write_corpus
 from training.objectives.flow_matching import (
     FlowMatchingConfig,
@@ -37,7 +38,6 @@ from training.pipelines.dit_data import (
     Codecs,
     LatentCache,
     load_codecs,
-    neutral_reference,
     precompute,
     split_dir,
     to_unit_range,
@@ -97,7 +97,7 @@ def test_cache_holds_the_codecs_latents_and_is_idempotent(corpus: Path, cache: P
     with torch.no_grad():
         video = codecs.video.encode(to_unit_range(sample.frames))  # [F, C, h, w]
         audio = codecs.audio.encode(torch.from_numpy(np.ascontiguousarray(sample.waveform))[None])  # [1, F*m, Ca]
-        ref = codecs.video.encode(to_unit_range(neutral_reference(sample.character, 64)[None]))[0]
+        ref = codecs.video.encode(to_unit_range(reference_image(sample.character, 64)[None]))[0]
     torch.testing.assert_close(latents.video[first:first + n].float(), video, atol=2e-2, rtol=1e-2)
     torch.testing.assert_close(latents.audio[first:first + n].flatten(0, 1).float(), audio[0], atol=2e-2, rtol=1e-2)
     assert torch.equal(latents.units[first:first + n], codecs.units.encode(audio)[0])
@@ -145,7 +145,7 @@ def test_batches_carry_exactly_the_renderers_conditions(latents: LatentCache, co
     truth = [sampler.gather(torch.tensor([s]), torch.tensor([k])) for k in range(chunks)]
     model = GroundTruthDiT(config, [(b.video[0], b.audio[0]) for b in truth])
     models = RendererModels(model, codecs.video, codecs.audio, TB, trained=True)  # type: ignore[arg-type]
-    reference = neutral_reference(ShardDataset(corpus, "train")[s].character, 64)
+    reference = reference_image(ShardDataset(corpus, "train")[s].character, 64)
     state: dict[str, np.ndarray | None] = dict.fromkeys(("ref", "sv", "sa", "mv", "ma"))
     with ThreadPoolExecutor(1) as executor:
         engine = RenderEngine(models, steps=1, guidance=1.0, max_batch=1, executor=executor)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from streamchar.models.io import save_module
+from training.data.characters import reference_image
 from training.data.corpus import CorpusConfig, SampleGenerator
 from training.data.schema import Sample
 from training.eval.stability import frechet_distance
@@ -26,7 +27,6 @@ from training.eval.visual import (
     identity_embeddings,
     identity_similarity,
     load_visual,
-    reference_image,
     roc_auc,
     train_visual,
 )

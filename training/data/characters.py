@@ -1010,6 +1010,13 @@ def idle_motion(num_frames: int, fps: float, seed: int) -> dict[str, np.ndarray]
     return {k: v.astype(_F32) for k, v in tracks.items()}
 
 
+def reference_image(character: CharacterParams | Mapping, size: int = 64) -> np.ndarray:
+    """The character's neutral render, uint8 [size, size, 3]: the image a user uploads as the reference
+    (the renderer's conditioning, and what identity similarity is measured against)."""
+    params = character if isinstance(character, CharacterParams) else CharacterParams.from_dict(character)
+    return render(params, FaceState(), size)
+
+
 def render_clip(params: CharacterParams, mouth: np.ndarray, seed: int, size: int, fps: float = 25.0) -> np.ndarray:
     """A talking clip: mouth float [F, 3] (open, wide, round) with idle_motion(F, fps, seed) on top.
 

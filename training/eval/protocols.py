@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from streamchar.timebase import TimeBase
+from training.data.characters import reference_image
 from training.data.corpus import CorpusConfig, Shard, load_manifest, pool, shard_paths, stable_hash
 from training.data.schema import PhonemeEvent
 
@@ -63,12 +64,6 @@ class EvalItem:
         return [w + " " for w in words[:-1]] + [words[-1]]
 
 
-def reference_render(character: dict, size: int) -> np.ndarray:
-    from training.data.characters import CharacterParams, FaceState, render
-
-    return render(CharacterParams.from_dict(character), FaceState(), size)
-
-
 def short_clip_items(corpus: str | Path, limit: int | None = None, min_seconds: float = SHORT_MIN_SECONDS,
                      max_seconds: float = SHORT_MAX_SECONDS) -> list[EvalItem]:
     """The test split's utterances of `min_seconds`..`max_seconds`, in corpus order (first `limit`)."""
@@ -84,7 +79,7 @@ def short_clip_items(corpus: str | Path, limit: int | None = None, min_seconds: 
             s = shard.sample(i)
             items.append(EvalItem(
                 item_id=s.sample_id, protocol="short", text=s.transcript,
-                reference=reference_render(s.character, s.frames.shape[1]),
+                reference=reference_image(s.character, s.frames.shape[1]),
                 identity_id=int(s.character["identity_id"]), speaker=dict(s.speaker),
                 frames=np.ascontiguousarray(s.frames), waveform=np.ascontiguousarray(s.waveform, np.float32),
                 phonemes=list(s.phonemes)))
@@ -146,7 +141,7 @@ def long_stream_items(corpus: str | Path | None = None, sessions: int = 3, minut
         frames = render_clip(character, mouth, stable_hash(config.seed, "long-motion", n), config.image_size, TB.fps)
         items.append(EvalItem(
             item_id=f"long-{n:02d}", protocol="long", text=text,
-            reference=reference_render(character.to_dict(), config.image_size), identity_id=identity_id,
+            reference=reference_image(character, config.image_size), identity_id=identity_id,
             speaker=speaker.to_dict(), frames=frames, waveform=waveform, phonemes=phonemes,
             words_per_second=words_per_second))
     return items

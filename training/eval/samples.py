@@ -63,8 +63,7 @@ def render_samples(out_dir: str | Path, count: int = 3, checkpoint: str = "", st
 
     from streamchar.media.mux import FragmentedMP4Muxer
     from streamchar.pipeline import Pipeline, PipelineConfig
-    from training.data.characters import CharacterParams
-    from training.eval.protocols import reference_render
+    from training.data.characters import CharacterParams, reference_image
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +84,7 @@ def render_samples(out_dir: str | Path, count: int = 3, checkpoint: str = "", st
         try:
             for n, (identity, text) in enumerate(held_out_prompts(count)):
                 character = CharacterParams.from_seed(identity, stable_hash("identity", identity))
-                reference = reference_render(character.to_dict(), size)
+                reference = reference_image(character, size)
                 media, frames = await speak(text, reference)
                 name = f"sample-{n}-identity-{identity}"
                 path = out_dir / f"{name}.mp4"

@@ -77,6 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from training.data.characters import reference_image
 from training.data.schema import Sample
 
 log = logging.getLogger(__name__)
@@ -268,13 +269,6 @@ def identity_similarity(model: VisualEncoder, frames: np.ndarray, reference: np.
     emb = identity_embeddings(model, frames).astype(np.float64)
     ref = identity_embeddings(model, reference[None])[0].astype(np.float64)
     return emb @ ref
-
-
-def reference_image(character: dict[str, Any], size: int = 64) -> np.ndarray:
-    """The neutral render of a character (what a user uploads, what the renderer gets): uint8 [size, size, 3]."""
-    from training.data.characters import CharacterParams, FaceState, render
-
-    return render(CharacterParams.from_dict(character), FaceState(), size)
 
 
 # ---- ROC-AUC and identity evaluation -----------------------------------------------------------

@@ -54,7 +54,7 @@ from streamchar.models.io import load_module
 from streamchar.models.units import UnitTokenizer
 from streamchar.models.video_codec import TinyVideoAutoencoder, TinyVideoAutoencoderConfig
 from streamchar.timebase import TimeBase
-from training.data.characters import CharacterParams, FaceState, render
+from training.data.characters import reference_image
 from training.data.corpus import SPLITS, Shard, shard_paths
 from training.trainers.runtime import weights_digest
 
@@ -96,11 +96,6 @@ def load_codecs(bundle: str | Path | None = None) -> Codecs:
     if units.config.audio_channels != audio.latent_channels:
         raise ValueError("the unit tokenizer was fitted on another audio codec")
     return Codecs(video, audio, units)
-
-
-def neutral_reference(character: dict, size: int) -> np.ndarray:
-    """uint8 [size, size, 3]: the character's neutral render, the image a user uploads."""
-    return render(CharacterParams.from_dict(character), FaceState(), size)
 
 
 def to_unit_range(images: np.ndarray) -> Tensor:
@@ -153,7 +148,7 @@ def encode_shard(shard: Shard, codecs: Codecs, tb: TimeBase, frame_batch: int = 
         audio.append(latents[0].half())
         units.append(codecs.units.encode(latents)[0].to(torch.int16))  # [F]
         rms.append(pcm.reshape(sample.num_frames, tb.samples_per_frame).pow(2).mean(1).sqrt())  # [F]
-        ref.append(codecs.video.encode(to_unit_range(neutral_reference(sample.character, size)[None])).half())
+        ref.append(codecs.video.encode(to_unit_range(reference_image(sample.character, size)[None])).half())
     return {"video": torch.cat(video), "audio": torch.cat(audio), "units": torch.cat(units),
             "rms": torch.cat(rms).float(), "ref": torch.cat(ref)}
 

@@ -61,6 +61,7 @@ from streamchar.models.io import load_module, save_module
 from streamchar.models.joint_dit import PRESETS, JointAudioVideoDiT, JointDiTConfig
 from streamchar.models.sampler import FlowMatchingSampler
 from streamchar.timebase import TimeBase
+from training.data.characters import reference_image
 from training.data.corpus import ShardDataset
 from training.eval.sync import SyncNetConfig
 from training.objectives.flow_matching import FlowMatchingConfig, NoiseDraw, draw_noise, flow_matching_loss
@@ -71,7 +72,6 @@ from training.pipelines.dit_data import (
     Codecs,
     LatentCache,
     load_codecs,
-    neutral_reference,
     precompute,
     splits_in,
 )
@@ -432,7 +432,7 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
     clip_rows = []
     if rollouts:
         picks = [s for s in range(len(latents)) if int(latents.num_frames[s]) // Fc >= 4][:rollouts]
-        refs = [neutral_reference(corpus_samples[s].character, codecs.video.image_size) for s in picks]
+        refs = [reference_image(corpus_samples[s].character, codecs.video.image_size) for s in picks]
         rolled = rollout(models, latents, picks, steps[0], guidance[0], refs, seed)
         for s, (frames, pcm, video, audio) in zip(picks, rolled):
             n_frames = len(frames)
