@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from training.eval.protocols import TB, EvalItem
-from training.eval.stability import drift, frame_changes, frechet_distance, seam_stats
+from training.eval.recognizer import transcript_phonemes
+from training.eval.stability import drift, frame_changes, frechet_distance, pooled_seam_stats, seam_stats
 from training.eval.systems import System, SystemOutput
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,6 @@ class Evaluators:
 
 
 # ---- per-output measurements --------------------------------------------------------------------
-
-def reference_phonemes_of(item: EvalItem) -> list[str]:
-    from training.eval.recognizer import is_pause
-
-    return [e.phoneme for e in item.phonemes if not is_pause(e.phoneme)]
-
 
 @dataclass
 class Scored:
@@ -96,20 +91,10 @@ def _per(refs: list[list[str]], hyps: list[list[str]]) -> float:
     return _jiwer_per(refs, hyps)
 
 
-def _seam(changes: Sequence[np.ndarray], chunk_frames: int) -> dict[str, float]:
-    """Pooled seam statistics over several outputs (each chunked from its own frame 0)."""
-    from training.eval.stability import boundary_mask
-
-    at = np.concatenate([boundary_mask(len(c) + 1, chunk_frames) for c in changes])
-    d = np.concatenate(list(changes))
-    boundary, inner = float(d[at].mean()), float(d[~at].mean())
-    return {"boundary": boundary, "inner": inner, "ratio": boundary / inner if inner else float("inf")}
-
-
 # ---- protocols ------------------------------------------------------------------------------------
 
 def reduce_short(scored: list[Scored], gt_features: list[np.ndarray]) -> dict[str, Any]:
-    refs = [reference_phonemes_of(s.item) for s in scored]
+    refs = [transcript_phonemes(s.item) for s in scored]
     hyps = [s.hypothesis for s in scored]
     offsets = np.array([s.sync.offset for s in scored])
     half = [np.arange(len(scored)) % 2 == h for h in (0, 1)]
@@ -137,7 +122,7 @@ def reduce_short(scored: list[Scored], gt_features: list[np.ndarray]) -> dict[st
         "fd": float(fd),
         "identity": float(np.mean([s.identity.mean() for s in scored])),
         "identity_clip": [float(s.identity.mean()) for s in scored],
-        "seam": _seam([s.changes for s in scored], scored[0].out.chunk_frames),
+        "seam": pooled_seam_stats([s.changes for s in scored], scored[0].out.chunk_frames),
         "render_ms": 1000 * float(np.median(renders)) if renders else None,
         "realtime_factor": out_seconds / sum(s.out.wall_seconds for s in scored)
         if any(s.out.wall_seconds for s in scored) else None,
@@ -170,8 +155,8 @@ def reduce_long(ev: Evaluators, scored: Scored, gt_features: np.ndarray, window_
         "session": item.item_id,
         "gt_seconds": item.seconds,
         "seconds": out.seconds,
-        "per": _per([reference_phonemes_of(item)], [scored.hypothesis]),
-        "seam": _seam([scored.changes], out.chunk_frames)["ratio"],
+        "per": _per([transcript_phonemes(item)], [scored.hypothesis]),
+        "seam": pooled_seam_stats([scored.changes], out.chunk_frames)["ratio"],
         "identity": float(scored.identity.mean()),
         "fd": float(np.mean(windows["fd"])),
         "lse_c": float(np.mean(windows["lse_c"])),
@@ -404,8 +389,8 @@ def check_evaluators(corpus: str | Path, ev: Evaluators, progress: bool = True) 
     steps.update()
     changes = [frame_changes(s.frames) for s in clips]
     jumped = [frame_changes(with_seam_jumps(s.frames)) for s in clips]
-    out["seam"] = {"ground_truth": _seam(changes, TB.frames_per_chunk)["ratio"],
-                   "with_jumps": _seam(jumped, TB.frames_per_chunk)["ratio"]}
+    out["seam"] = {"ground_truth": pooled_seam_stats(changes, TB.frames_per_chunk)["ratio"],
+                   "with_jumps": pooled_seam_stats(jumped, TB.frames_per_chunk)["ratio"]}
     steps.update()
     steps.close()
     return out

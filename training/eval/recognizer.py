@@ -213,7 +213,7 @@ def greedy_decode(log_probs: Tensor, lengths: Tensor | None = None) -> list[list
 # ---- references and scoring ------------------------------------------------------------------
 
 def transcript_phonemes(sample: Sample) -> list[str]:
-    """A sample's phoneme target: its espeak phoneme events, pauses dropped."""
+    """A sample's (or an evaluation item's) phoneme target: its espeak phoneme events, pauses dropped."""
     return [e.phoneme for e in sample.phonemes if not is_pause(e.phoneme)]
 
 

@@ -57,10 +57,16 @@ def seam_stats(frames: np.ndarray, frames_per_chunk: int = FRAMES_PER_CHUNK) -> 
     Boundary pairs are (k*n - 1, k*n) for k >= 1; every other consecutive pair is inside a chunk.
     A trailing partial chunk counts (its inner pairs and its leading boundary).
     """
-    d = frame_changes(frames)
-    at = boundary_mask(len(d) + 1, frames_per_chunk)
+    return pooled_seam_stats([frame_changes(frames)], frames_per_chunk)
+
+
+def pooled_seam_stats(changes: list[np.ndarray], frames_per_chunk: int = FRAMES_PER_CHUNK) -> dict[str, float]:
+    """`seam_stats` over several videos at once, from their `frame_changes`: each video is chunked from its
+    own frame 0, and boundary and inner pairs of all of them are averaged together."""
+    d = np.concatenate(changes)
+    at = np.concatenate([boundary_mask(len(c) + 1, frames_per_chunk) for c in changes])
     if not at.any():
-        raise ValueError(f"{len(d) + 1} frames hold no chunk boundary at {frames_per_chunk} frames per chunk")
+        raise ValueError(f"{len(d) + len(changes)} frames hold no chunk boundary at {frames_per_chunk} frames per chunk")
     if at.all():
         raise ValueError("no frame pair inside a chunk")
     boundary, inner = float(d[at].mean()), float(d[~at].mean())
