@@ -34,6 +34,15 @@ SHORT_MIN_SECONDS = 3.0
 SHORT_MAX_SECONDS = 10.0
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+    """uint8 [H, W, 3] -> PNG file bytes (what a client uploads as the reference image)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 @dataclass
 class EvalItem:
     item_id: str
@@ -52,11 +61,7 @@ class EvalItem:
         return len(self.frames) / TB.fps
 
     def reference_png(self) -> bytes:
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(self.reference).save(buf, format="PNG")
-        return buf.getvalue()
+        return png_bytes(self.reference)
 
     def text_deltas(self) -> list[str]:
         """The text as a chat model streams it: one word (with its following space) per delta."""

@@ -9,7 +9,6 @@ one row per sample, the reference image first, then every `stride`-th generated 
 from __future__ import annotations
 
 import asyncio
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from streamchar.timebase import TimeBase
 from training.data.corpus import CorpusConfig, pool, stable_hash
+from training.eval.protocols import png_bytes
 
 TB = TimeBase()
 
@@ -49,14 +49,6 @@ def held_out_prompts(count: int, config: CorpusConfig = CorpusConfig()) -> list[
     return out
 
 
-def _png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def render_samples(out_dir: str | Path, count: int = 3, checkpoint: str = "", steps: int = 4,
                    guidance: float = 1.0, stride: int = 6, columns: int = 12) -> list[SampleVideo]:
     from PIL import Image
@@ -74,7 +66,7 @@ def render_samples(out_dir: str | Path, count: int = 3, checkpoint: str = "", st
     async def speak(text: str, reference: np.ndarray) -> tuple[bytes, np.ndarray]:
         muxer = FragmentedMP4Muxer(size, size, TB.fps, TB.sample_rate, 24)
         parts, frames = [muxer.init_segment()], []
-        async for _, chunk in pipeline.chunks(text, _png(reference)):
+        async for _, chunk in pipeline.chunks(text, png_bytes(reference)):
             parts.append(muxer.add_chunk(chunk.frames, chunk.pcm.astype(np.float32)))
             frames.append(chunk.frames)
         parts.append(muxer.close())
@@ -89,7 +81,7 @@ def render_samples(out_dir: str | Path, count: int = 3, checkpoint: str = "", st
                 name = f"sample-{n}-identity-{identity}"
                 path = out_dir / f"{name}.mp4"
                 path.write_bytes(media)
-                (out_dir / f"{name}-reference.png").write_bytes(_png(reference))
+                (out_dir / f"{name}-reference.png").write_bytes(png_bytes(reference))
                 videos.append(SampleVideo(name, text, identity, path, frames, reference))
         finally:
             await pipeline.close()
