@@ -13,9 +13,9 @@ Training: chunks of the cached corpus latents with the conditions the renderer b
 its speech units are dropped to the CFG null unit inside ``forward`` with ``cond_dropout``.
 
 EMA: the trained module is :class:`EMADiT`, the DiT plus an exponential moving average of its weights,
-so checkpoints, resume and the ranks' weight digests cover both. The runtime has no post-step hook, so
-each step first folds the previous step's weights into the EMA (all ranks hold the same weights, so the
-EMAs stay identical); after the loop the final weights are folded in once. The export is the EMA: with a
+so checkpoints, resume and the ranks' weight digests cover both. After every optimiser step the new
+weights are folded into the EMA (the trainer's ``on_step`` hook; all ranks hold the same weights, so the
+EMAs stay identical), before any checkpoint of that step is written. The export is the EMA: with a
 few thousand steps at a decaying learning rate it is a smoother estimate than the last iterate.
 
 Export: rank 0 writes ``<out>/export/``, a renderer bundle (``dit/`` in ``save_module`` format plus the
@@ -167,11 +167,6 @@ class EMADiT(nn.Module):
             average.lerp_(weight, 1.0 - decay)
         self.ema_updates += 1
 
-    def finish_ema(self, step: int) -> None:
-        """After `step` optimiser steps the EMA must hold versions 0..step; add the last one if missing."""
-        if int(self.ema_updates) == step:
-            self.update_ema()
-
 
 @dataclass
 class TrainBatch:
@@ -222,14 +217,12 @@ def train(config: DiTTrainConfig) -> Path | None:
         return TrainBatch(chunks.to(device), noise.to(device))
 
     def loss_fn(module: nn.Module, batch: TrainBatch) -> tuple[Tensor, dict[str, float]]:
-        model.update_ema()  # the weights of the previous step (see the module docstring)
         with torch.autocast(device.type, torch.bfloat16, enabled=config.precision == "bf16"):
             return flow_matching_loss(module, batch.chunks.video, batch.chunks.audio, batch.chunks.cond,
                                       batch.noise, config.objective)
 
     started = time.perf_counter()
-    trainer.fit(batch_fn, loss_fn)
-    model.finish_ema(trainer.step)
+    trainer.fit(batch_fn, loss_fn, on_step=model.update_ema)
     export_dir = None
     if info.is_main:
         export_dir = export(model, config, codecs, trainer, time.perf_counter() - started)

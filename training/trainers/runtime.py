@@ -224,7 +224,9 @@ class Trainer:
 
     # ---- training -----------------------------------------------------------------------------
 
-    def fit(self, batch_fn: BatchFn, loss_fn: LossFn) -> None:
+    def fit(self, batch_fn: BatchFn, loss_fn: LossFn, on_step: Callable[[], None] | None = None) -> None:
+        """Train to `run.steps`; `on_step` runs after every optimiser step (e.g. an EMA update), before
+        that step's logging and checkpoint."""
         from tqdm import tqdm
 
         r, info = self.run, self.info
@@ -243,6 +245,8 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
+            if on_step is not None:
+                on_step()
             for k, v in {"loss": float(loss.detach()), "grad_norm": float(grad_norm), **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             count += 1
