@@ -74,8 +74,8 @@ class GroundTruthSystem(System):
 class PipelineSystem(System):
     def __init__(self, options: dict[str, str] | None = None, label: str | None = None) -> None:
         self.options = dict(options or {})
-        self.label = label or self.options.pop("label", "pipeline")
-        self.options.pop("label", None)
+        named = self.options.pop("label", "pipeline")
+        self.label = label or named
         self.spec = ",".join(["pipeline", *(f"{k}={v}" for k, v in self.options.items())])
         self._stack = None
 
