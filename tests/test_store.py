@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from streamchar.engine.rendering import F_CHUNK, F_MOTION_V, SessionRenderer
-from streamchar.errors import FailedPrecondition, SessionNotFound, StaleWrite
+from streamchar.errors import FailedPrecondition, InvalidInput, SessionNotFound, StaleWrite
 from streamchar.state import arrays
 from streamchar.state.store import MemorySessionStore, RedisSessionStore, session_key
 
@@ -108,6 +108,10 @@ async def test_two_renderer_replicas_render_the_same_chunk_only_one_commits(redi
     assert await replicas[1].next_chunk_index(meta.session_id) == 1
     with pytest.raises(FailedPrecondition, match="session is at chunk 1"):
         await replicas[1].render(meta, 0, units)
+    # unit ids past this DiT's silence unit (an orchestrator with another inventory) are refused up front
+    too_big = models.dit.config.silence_unit + 1
+    with pytest.raises(InvalidInput, match=f"unit ids \\[{too_big}\\] outside"):
+        await replicas[0].render(meta, 1, [3, 4, 5, too_big, 7, 8, 9, 10])
     raw = redis_server.client().hget(session_key(meta.session_id), F_MOTION_V)
     np.testing.assert_array_equal(arrays.unpack(raw), a.output.video_latents[-2:])
     assert int(redis_server.client().hget(session_key(meta.session_id), F_CHUNK)) == 1

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from streamchar.errors import FailedPrecondition
+from streamchar.errors import FailedPrecondition, InvalidInput
 from streamchar.models.audio_codec import MelAudioCodec
 from streamchar.models.joint_dit import JointAudioVideoDiT
 from streamchar.models.sampler import FlowMatchingSampler
@@ -194,6 +194,11 @@ class SessionRenderer:
         tb = self.time_base
         if len(units) != tb.frames_per_chunk:
             raise FailedPrecondition(f"chunk {chunk_index} has {len(units)} unit frames, expected {tb.frames_per_chunk}")
+        silence = self.engine.models.dit.config.silence_unit
+        bad = [u for u in units if not 0 <= u <= silence]
+        if bad:  # an orchestrator with another unit inventory; the DiT's embedding would fail the whole batch
+            raise InvalidInput(f"chunk {chunk_index}: unit ids {bad[:4]} outside this renderer's 0..{silence} "
+                               f"({silence} units + silence); are the orchestrator and renderer checkpoints a pair?")
         raw = await self.store.load(meta.session_id, _STATE_FIELDS)
         current = int(raw[F_CHUNK]) if raw[F_CHUNK] is not None else 0
         if current != chunk_index:
