@@ -154,11 +154,24 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 def cmd_train_codecs(args: argparse.Namespace) -> int:
     from training.codecs import CodecTrainConfig, train_codecs
 
-    config = CodecTrainConfig(steps=args.steps, seed=args.seed, num_units=args.num_units)
+    config = CodecTrainConfig(steps=args.steps, seed=args.seed, units=args.units, num_units=args.num_units)
     info = train_codecs(Path(args.corpus), Path(args.out), config, progress=not args.quiet)
-    print(f"wrote video codec, audio codec and {config.num_units} speech units to {args.out} "
+    print(f"wrote video codec, audio codec and {args.units} speech units to {args.out} "
           f"(video codec {info['video_seconds']:.0f} s, final loss {info['final_loss']:.4f}; "
           f"units {info['units_seconds']:.0f} s)")
+    return 0
+
+
+def cmd_fit_units(args: argparse.Namespace) -> int:
+    from streamchar.models.io import load_module
+    from streamchar.models.units import UnitTokenizer
+    from training.codecs import CodecTrainConfig, fit_bundle_units
+
+    config = CodecTrainConfig(seed=args.seed, units=args.units, num_units=args.num_units)
+    seconds = fit_bundle_units(Path(args.corpus), Path(args.out), config)
+    units = load_module(UnitTokenizer, Path(args.out) / "units")
+    print(f"wrote {units.config.num_units} {args.units} units to {Path(args.out) / 'units'} in {seconds:.0f} s; "
+          "retrain the orchestrator LM and the DiT on them")
     return 0
 
 
@@ -302,10 +315,19 @@ def build_parser() -> argparse.ArgumentParser:
     train_codecs.add_argument("--corpus", default="data/corpus")
     train_codecs.add_argument("--out", default="streamchar/checkpoints/tiny")
     train_codecs.add_argument("--steps", type=int, default=3000)
-    train_codecs.add_argument("--num-units", type=int, default=128)
+    train_codecs.add_argument("--units", choices=("phoneme", "kmeans"), default="phoneme")
+    train_codecs.add_argument("--num-units", type=int, default=128, help="kmeans units only")
     train_codecs.add_argument("--seed", type=int, default=0)
     train_codecs.add_argument("-q", "--quiet", action="store_true")
     train_codecs.set_defaults(func=cmd_train_codecs)
+
+    fit_units = sub.add_parser("fit-units", help="refit the speech-unit tokenizer alone (then retrain LM and DiT)")
+    fit_units.add_argument("--corpus", default="data/corpus")
+    fit_units.add_argument("--out", default="streamchar/checkpoints/tiny")
+    fit_units.add_argument("--units", choices=("phoneme", "kmeans"), default="phoneme")
+    fit_units.add_argument("--num-units", type=int, default=128, help="kmeans units only")
+    fit_units.add_argument("--seed", type=int, default=0)
+    fit_units.set_defaults(func=cmd_fit_units)
 
     eval_codecs = sub.add_parser("eval-codecs", help="codec PSNR, audio mel distance and unit purity on held-out data")
     eval_codecs.add_argument("--corpus", default="data/corpus")

@@ -2,6 +2,7 @@
 normalisation, and the speech-unit tokenizer; write them into a checkpoint bundle.
 
     streamchar train-codecs --corpus data/corpus --out streamchar/checkpoints/tiny
+    streamchar fit-units    --corpus data/corpus --out streamchar/checkpoints/tiny   # units alone
     streamchar eval-codecs  --corpus data/corpus --checkpoint streamchar/checkpoints/tiny
 """
 
@@ -26,7 +27,7 @@ from streamchar.models.bundle import read_manifest, write_manifest
 from streamchar.models.io import load_module, save_module
 from streamchar.models.units import UnitTokenizer
 from training.data.corpus import ShardDataset, frames_tensor
-from training.units import fit_units, unit_purity
+from training.units import fit_phoneme_units, fit_units, unit_purity
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class CodecTrainConfig:
     min_lr: float = 1e-4
     warmup_steps: int = 100
     max_train_frames: int = 60_000
-    num_units: int = 128
+    units: str = "phoneme"  # or "kmeans" (streamchar/models/units.py)
+    num_units: int = 128  # kmeans units only; phoneme units are as many as the inventory
     kmeans_samples: int = 400
     kmeans_iterations: int = 60
     seed: int = 0
@@ -140,21 +142,35 @@ def train_codecs(corpus: Path, out: Path, config: CodecTrainConfig, progress: bo
     save_module(video, video.config, out / "video_codec")
     audio_config = calibrate_audio(corpus, config.preset)
     (out / "audio_codec.json").write_text(json.dumps(dataclasses.asdict(audio_config), indent=2) + "\n")
-    audio = MelAudioCodec(audio_config)
-    ds = ShardDataset(corpus, "train")
-    samples = [ds[i] for i in range(min(len(ds), config.kmeans_samples))]
-    t1 = time.perf_counter()
-    tokenizer = fit_units(samples, audio, config.num_units, config.kmeans_iterations, config.seed)
-    save_module(tokenizer, tokenizer.config, out / "units")
+    units_seconds = fit_bundle_units(corpus, out, config)
     manifest = read_manifest(out)
-    manifest.setdefault("trained", {}).update({"video_codec": True, "audio_codec": True, "units": True})
+    manifest.setdefault("trained", {}).update({"video_codec": True, "audio_codec": True})
     manifest["preset"] = config.preset
     manifest.setdefault("training", {})["codecs"] = {"config": dataclasses.asdict(config),
                                                       "corpus": str(corpus), "final_loss": float(np.mean(losses[-100:])),
-                                                      "video_seconds": video_seconds,
-                                                      "units_seconds": time.perf_counter() - t1}
+                                                      "video_seconds": video_seconds, "units_seconds": units_seconds}
     write_manifest(out, manifest)
     return manifest["training"]["codecs"]
+
+
+def fit_bundle_units(corpus: Path, out: Path, config: CodecTrainConfig) -> float:
+    """Fit the unit tokenizer of `config.units` kind on the train split with the bundle's audio codec,
+    write it to ``<out>/units``; returns the seconds it took. The LM and DiT must be retrained after."""
+    audio = MelAudioCodec(AudioCodecConfig(**json.loads((Path(out) / "audio_codec.json").read_text())))
+    ds = ShardDataset(corpus, "train")
+    t0 = time.perf_counter()
+    if config.units == "phoneme":
+        tokenizer = fit_phoneme_units([ds[i] for i in range(len(ds))], audio)
+    elif config.units == "kmeans":
+        samples = [ds[i] for i in range(min(len(ds), config.kmeans_samples))]
+        tokenizer = fit_units(samples, audio, config.num_units, config.kmeans_iterations, config.seed)
+    else:
+        raise ValueError(f"unknown unit kind {config.units!r}")
+    save_module(tokenizer, tokenizer.config, Path(out) / "units")
+    manifest = read_manifest(out)
+    manifest.setdefault("trained", {})["units"] = True
+    write_manifest(out, manifest)
+    return time.perf_counter() - t0
 
 
 def evaluate_codecs(corpus: Path, checkpoint: Path, split: str = "test", max_samples: int = 120) -> dict:

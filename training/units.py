@@ -1,4 +1,6 @@
-"""Fit the speech-unit tokenizer: k-means (k-means++ init, Lloyd iterations) on train-split audio."""
+"""Fit the speech-unit tokenizer on the train split (see streamchar/models/units.py for the kinds):
+the phoneme inventory of the frame-level alignment, or k-means (k-means++ init, Lloyd iterations) on
+the audio latents; and :func:`sample_units`, a sample's unit per video frame, for either kind."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import numpy as np
 import torch
 
 from streamchar.models.audio_codec import MelAudioCodec
-from streamchar.models.units import UnitTokenizer, UnitTokenizerConfig
+from streamchar.models.units import UnitTokenizer, UnitTokenizerConfig, is_pause
 from streamchar.timebase import TimeBase
 from training.data.schema import Sample
 
@@ -34,6 +36,24 @@ def frame_phonemes(sample: Sample) -> list[str]:
             j += 1
         labels.append(events[j].phoneme if j < len(events) and events[j].start <= t else "_")
     return labels
+
+
+def sample_units(tokenizer: UnitTokenizer, codec: MelAudioCodec, sample: Sample,
+                 latents: torch.Tensor | None = None) -> torch.Tensor:
+    """A sample's unit per video frame, long [F]: from its aligned phonemes, or from its audio latents
+    [M,Ca] (computed from the waveform when not given), as the tokenizer's kind says."""
+    if tokenizer.config.kind == "phoneme":
+        return tokenizer.encode_phonemes(frame_phonemes(sample))
+    if latents is None:
+        latents = sample_latents(codec, sample)
+    return tokenizer.encode(latents[None])[0]
+
+
+def fit_phoneme_units(samples: list[Sample], codec: MelAudioCodec) -> UnitTokenizer:
+    """Phoneme units: every non-pause phoneme that sounds at some frame centre of `samples`, sorted."""
+    inventory = sorted({p for s in samples for p in frame_phonemes(s) if not is_pause(p)})
+    return UnitTokenizer(UnitTokenizerConfig(len(inventory), TB.mel_per_frame, codec.latent_channels,
+                                             kind="phoneme", inventory=tuple(inventory)))
 
 
 def kmeans(x: torch.Tensor, k: int, iterations: int, seed: int) -> torch.Tensor:
@@ -66,6 +86,7 @@ def kmeans(x: torch.Tensor, k: int, iterations: int, seed: int) -> torch.Tensor:
 
 def fit_units(samples: list[Sample], codec: MelAudioCodec, num_units: int, iterations: int = 50,
               seed: int = 0) -> UnitTokenizer:
+    """k-means units with `num_units` centroids."""
     tokenizer = UnitTokenizer(UnitTokenizerConfig(num_units, TB.mel_per_frame, codec.latent_channels))
     latents = torch.cat([sample_latents(codec, s) for s in samples])  # [sum M, Ca]
     raw = latents.reshape(-1, tokenizer.config.feature_dim)  # [N,D]
@@ -80,7 +101,7 @@ def unit_purity(tokenizer: UnitTokenizer, codec: MelAudioCodec, samples: list[Sa
     """How often a frame's phoneme is its unit's majority phoneme (and how many units are used)."""
     pairs: Counter[tuple[int, str]] = Counter()
     for s in samples:
-        units = tokenizer.encode(sample_latents(codec, s)[None])[0].tolist()
+        units = sample_units(tokenizer, codec, s).tolist()
         pairs.update(zip(units, frame_phonemes(s)))
     per_unit: dict[int, Counter[str]] = {}
     per_phoneme: Counter[str] = Counter()

@@ -42,7 +42,7 @@ class BundlePreset:
     dit: str
     video_codec: str
     audio_codec: str
-    num_units: int
+    num_units: int  # of an untrained model; a trained bundle has its own in units/config.json
     max_advance: int
 
 

@@ -5,7 +5,7 @@ shipped (frozen) codecs and kept on disk, one cache shard per corpus shard::
 
     <cache>/dit/<split>/shard-00000.safetensors    video  float16 [Nf, C, h, w]   one latent per frame
                                                    audio  float16 [Nf*m, Ca]      m mel latents per frame
-                                                   units  int16   [Nf]            UnitTokenizer on the audio
+                                                   units  int16   [Nf]            UnitTokenizer (sample_units)
                                                    rms    float32 [Nf]            waveform RMS per frame
                                                    ref    float16 [Ns, C, h, w]   encoded neutral render
                                                    metadata: samples (id, frames, identity), digests
@@ -57,6 +57,7 @@ from streamchar.timebase import TimeBase
 from training.data.characters import reference_image
 from training.data.corpus import SPLITS, Shard, shard_paths
 from training.trainers.runtime import weights_digest
+from training.units import sample_units
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class Codecs:
         h.update(json.dumps(asdict(self.video.config), sort_keys=True).encode())
         h.update(json.dumps(asdict(self.audio.config), sort_keys=True).encode())
         h.update(weights_digest(self.units).encode())
+        h.update(json.dumps(asdict(self.units.config), sort_keys=True).encode())
         return h.hexdigest()[:16]
 
 
@@ -146,7 +148,7 @@ def encode_shard(shard: Shard, codecs: Codecs, tb: TimeBase, frame_batch: int = 
         pcm = torch.from_numpy(np.ascontiguousarray(sample.waveform))[None]  # [1, S]
         latents = codecs.audio.encode(pcm)  # [1, F*m, Ca]
         audio.append(latents[0].half())
-        units.append(codecs.units.encode(latents)[0].to(torch.int16))  # [F]
+        units.append(sample_units(codecs.units, codecs.audio, sample, latents[0]).to(torch.int16))  # [F]
         rms.append(pcm.reshape(sample.num_frames, tb.samples_per_frame).pow(2).mean(1).sqrt())  # [F]
         ref.append(codecs.video.encode(to_unit_range(reference_image(sample.character, size)[None])).half())
     return {"video": torch.cat(video), "audio": torch.cat(audio), "units": torch.cat(units),
