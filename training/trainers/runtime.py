@@ -18,6 +18,11 @@ and a loss function; :class:`Trainer` does the rest:
   holds ``state.pt`` (model, optimiser, scheduler, step, loss history; loaded with
   ``weights_only=True``) and ``config.json``; ``latest`` names the newest. A run restarted with the
   same ``out`` resumes from it. Writes are atomic (temp dir + rename).
+* **warm start**: ``init_from`` (a run directory or a ``step-N`` checkpoint) initialises a NEW run's
+  model from another run's weights (:func:`warm_start`), e.g. after the unit inventory changed:
+  tensors of equal shape are copied, tables that differ only in their row count (token embeddings,
+  output heads) get their leading rows copied, anything else keeps its fresh initialisation. The
+  optimiser, schedule and step start afresh; a run that has checkpoints of its own resumes instead.
 * **curves**: ``metrics.jsonl`` (one line per logged step) and ``loss.png``.
 """
 
@@ -64,6 +69,7 @@ class RunConfig:
     threads: int = 0  # torch threads per rank; 0: cores / ranks
     backend: str = ""  # "": nccl with CUDA, else gloo
     progress: bool = True
+    init_from: str = ""  # warm start a new run from this run directory or step-N checkpoint
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -140,6 +146,37 @@ def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1))
 
 
+def checkpoint_state(path: str | Path) -> Path:
+    """``state.pt`` of a ``step-N`` checkpoint directory, or of a run directory's latest checkpoint."""
+    path = Path(path)
+    if (path / "state.pt").exists():
+        return path / "state.pt"
+    latest = path / "checkpoints" / "latest"
+    if latest.exists():
+        return path / "checkpoints" / latest.read_text().strip() / "state.pt"
+    raise FileNotFoundError(f"{path} is neither a training checkpoint (state.pt) nor a run directory with one")
+
+
+@torch.no_grad()
+def warm_start(model: nn.Module, source: str | Path) -> dict[str, list[str]]:
+    """Copy the weights of `source` (see :func:`checkpoint_state`) into `model` where they fit: equal
+    shapes whole, tables differing only in dim 0 by their leading rows. Returns the names per outcome."""
+    saved = torch.load(checkpoint_state(source), map_location="cpu", weights_only=True)["model"]
+    report: dict[str, list[str]] = {"copied": [], "leading_rows": [], "fresh": []}
+    for name, tensor in model.state_dict().items():
+        old = saved.get(name)
+        if old is not None and old.shape == tensor.shape:
+            tensor.copy_(old)
+            report["copied"].append(name)
+        elif old is not None and old.dim() == tensor.dim() >= 1 and old.shape[1:] == tensor.shape[1:]:
+            rows = min(len(old), len(tensor))
+            tensor[:rows].copy_(old[:rows])
+            report["leading_rows"].append(name)
+        else:
+            report["fresh"].append(name)
+    return report
+
+
 # ---- the loop -----------------------------------------------------------------------------------
 
 BatchFn = Callable[[int, torch.Generator], Any]
@@ -189,6 +226,12 @@ class Trainer:
     def _resume(self) -> None:
         latest = self.checkpoint_root / "latest"
         if not latest.exists():
+            if self.run.init_from:
+                report = warm_start(self.model, self.run.init_from)
+                if self.info.is_main:
+                    log.info("%s: warm start from %s: %d tensors copied, leading rows of %s, fresh: %s",
+                             self.name, self.run.init_from, len(report["copied"]),
+                             report["leading_rows"] or "none", report["fresh"] or "none")
             return
         path = self.checkpoint_root / latest.read_text().strip() / "state.pt"
         state = torch.load(path, map_location=self.info.device, weights_only=True)
