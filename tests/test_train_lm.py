@@ -20,6 +20,7 @@ from streamchar.engine.protocol import OrchestratorProtocol, ProtocolConfig
 from streamchar.models.bundle import default_checkpoint, load_orchestrator
 from streamchar.models.orchestrator_lm import OrchestratorLM
 from streamchar.models.vocab import StreamCharVocab
+from streamchar.timebase import TimeBase
 from training.data.corpus import CorpusConfig, SampleGenerator, write_corpus
 from training.objectives.lm import LMObjectiveConfig, lm_loss
 from training.pipelines.lm_data import (
@@ -36,7 +37,7 @@ from training.pipelines.lm_data import (
 from training.trainers.lm import LMModelConfig, main
 
 ROOT = Path(__file__).resolve().parent.parent
-VOCAB = StreamCharVocab(num_units=128, max_advance=8)
+VOCAB = LMModelConfig().vocab()  # as many units as the shipped unit tokenizer
 # Small context and lookahead so that the replays slide and insert text many times.
 SMALL = ProtocolConfig(lookahead_bytes=4, max_context=96, keep_frames=8, keep_text_behind=4, max_stall_frames=12)
 TINY_LM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -78,7 +79,7 @@ def check_feasible(targets: FrameTargets, num_bytes: int, protocol: Orchestrator
 
 @pytest.mark.parametrize("max_advance,max_stall", [(8, 12), (1, 2)])
 def test_frame_targets_are_feasible_and_monotonic(samples, codecs, max_advance, max_stall):
-    vocab = StreamCharVocab(num_units=128, max_advance=max_advance)
+    vocab = StreamCharVocab(num_units=VOCAB.num_units, max_advance=max_advance)
     protocol = OrchestratorProtocol(vocab, 8, ProtocolConfig(max_stall_frames=max_stall))
     for sample in samples:
         text = sample.transcript.encode("utf-8")
@@ -91,6 +92,24 @@ def test_frame_targets_are_feasible_and_monotonic(samples, codecs, max_advance, 
         # digital silence (the zero padding after the speech) is the silence class
         silent = np.abs(sample.waveform.reshape(sample.num_frames, -1)).max(axis=1) == 0
         assert (targets.units[:sample.num_frames][torch.from_numpy(silent)] == vocab.num_units).all()
+
+
+def test_onset_pointer_moves_only_where_a_word_starts(samples):
+    """Onset mode: the pointer changes only in frames where a phoneme begins (or at the speech's end),
+    never lags the spread pointer, and both end at the transcript's length."""
+    fps = TimeBase().fps
+    for sample in samples:
+        onset = speech_pointer(sample, sample.num_frames, mode="onset")
+        spread = speech_pointer(sample, sample.num_frames, mode="spread")
+        size = len(sample.transcript.encode("utf-8"))
+        assert onset[-1] == spread[-1] == size and all(o >= p for o, p in zip(onset, spread))
+        speech_end = max(p.end for p in sample.phonemes)
+        starts = {int(p.start * fps) for p in sample.phonemes}
+        moves = [f for f in range(1, len(onset)) if onset[f] != onset[f - 1]]
+        assert all(f in starts or (f + 1) / fps >= speech_end for f in moves)
+        assert len(moves) < len([f for f in range(1, len(spread)) if spread[f] != spread[f - 1]])
+    with pytest.raises(ValueError, match="pointer mode"):
+        speech_pointer(samples[0], 10, mode="sideways")
 
 
 def test_feasible_advances_carry_and_stall():
@@ -203,7 +222,7 @@ def test_torchrun_two_ranks_resume_export_and_eval(tmp_path, capsys):
     ranks = json.loads((out / "ranks.json").read_text())
     assert ranks["step"] == 5 and len(set(ranks["digests"])) == 1
     model, vocab, trained = load_orchestrator(out / "export")
-    assert trained and vocab.num_units == 128 and model.config.hidden_size == TINY_LM["hidden_size"]
+    assert trained and vocab.num_units == VOCAB.num_units and model.config.hidden_size == TINY_LM["hidden_size"]
 
     metrics = tmp_path / "eval.json"
     assert main(["eval", "--checkpoint", str(out), "--corpus", str(corpus), "--split", "test", "--limit", "1",
@@ -212,3 +231,31 @@ def test_torchrun_two_ranks_resume_export_and_eval(tmp_path, capsys):
     result = json.loads(metrics.read_text())
     assert result["samples"] == 1 and result["pointer_ok"] == 1.0  # guaranteed by constrained decoding
     assert 0.0 <= result["unit_acc"] <= 1.0 and result["pointer_err_chars"] >= 0.0
+    assert result["unit_sequence_err"] > 0.5  # five training steps do not learn to spell
+
+
+def test_unit_runs_drop_timing_and_silence():
+    from training.trainers.lm import unit_runs
+
+    assert unit_runs([9, 3, 3, 3, 9, 3, 4, 4, 9, 9], silence=9) == ["3", "3", "4"]
+    assert unit_runs([9, 9], silence=9) == []
+
+
+def test_warm_start_copies_what_fits_when_the_unit_inventory_changes(tmp_path):
+    """A new run initialised from a run with more units: the transformer whole, the token table by id
+    (text, control and advance ids precede the units, so they keep their meaning)."""
+    from training.trainers.runtime import warm_start
+
+    big, small = StreamCharVocab(num_units=12, max_advance=8), StreamCharVocab(num_units=5, max_advance=8)
+    source = OrchestratorLM(LMModelConfig(**TINY_LM).build(big)).init_weights(1)
+    (tmp_path / "step-0000007").mkdir()
+    torch.save({"model": source.state_dict()}, tmp_path / "step-0000007" / "state.pt")
+    target = OrchestratorLM(LMModelConfig(**TINY_LM).build(small)).init_weights(2)
+    report = warm_start(target, tmp_path / "step-0000007")
+    assert report["leading_rows"] == ["model.embed_tokens.weight"] and not report["fresh"]
+    assert len(report["copied"]) == len(target.state_dict()) - 1
+    assert torch.equal(target.model.embed_tokens.weight, source.model.embed_tokens.weight[:small.vocab_size])
+    assert torch.equal(target.state_dict()["model.layers.1.mlp.gate_proj.weight"],
+                       source.state_dict()["model.layers.1.mlp.gate_proj.weight"])
+    with pytest.raises(FileNotFoundError, match="neither a training checkpoint"):
+        warm_start(target, tmp_path / "nowhere")

@@ -40,7 +40,7 @@ class ProtocolConfig:
     max_context: int = 1024
     keep_frames: int = 96
     keep_text_behind: int = 32
-    max_stall_frames: int = 12
+    max_stall_frames: int = 40  # 1.6 s: a long word's frames after its onset advance (training/pipelines/lm_data.py)
 
     def __post_init__(self) -> None:
         if self.lookahead_bytes < 1 or self.max_stall_frames < 1:

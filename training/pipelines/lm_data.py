@@ -3,26 +3,31 @@
 **Frame targets** (:func:`frame_targets`). Each video frame f of a corpus sample gets a speech unit and
 a pointer advance, the two tokens the LM decodes per frame.
 
-* Unit: the shipped :class:`UnitTokenizer` on the sample's audio latents, except that a frame whose
-  waveform is digital silence (RMS below ``silence_rms``, -60 dBFS; the threshold the DiT's data
-  uses) becomes the silence class K = ``num_units``, decoded as ``<wait>``. Why: the k-means units
-  split silence into several near-identical clusters the text cannot predict, while K is what the
+* Unit: the shipped :class:`UnitTokenizer`'s unit for the frame (``training.units.sample_units``: the
+  aligned phoneme, or for k-means units the audio latents), except that a frame whose waveform is
+  digital silence (RMS below ``silence_rms``, -60 dBFS; the threshold the DiT's data uses) becomes the
+  silence class K = ``num_units``, decoded as ``<wait>``, as pauses already are for phoneme units.
+  Why: k-means units split silence into several near-identical clusters the text cannot predict, while K is what the
   protocol itself emits for filler frames and after ``<eos>``; one silence class makes pauses,
   filler and the tail look alike to the LM, and the DiT is trained to read K as a silent frame.
 * Pointer (:func:`speech_pointer`): consecutive phonemes with the same character span form a
   segment (a word, a run of words espeak speaks as one, or a pause over punctuation). Segment k owns
   the bytes from the end of segment k-1 to the UTF-8 byte offset of its ``char_end`` (so the
   whitespace/punctuation before a word is spoken with it) and the time from its first phoneme's start
-  t0 to its last phoneme's end t1. At the end of frame f, time t = (f + 1) / fps, the pointer is
-  ``b0 + ceil((b1 - b0) * (t - t0) / (t1 - t0))`` for the last segment with t0 < t (clamped to its
-  span): the bytes spoken so far, a started segment counting at least one byte. Once the last phoneme
-  has ended, and at the last frame in any case, it is the whole transcript's length, so ``<eos>``
-  follows. The running maximum makes it monotonic whatever the alignment says.
-  Spreading a segment's bytes over its duration (rather than jumping to the word's end at its onset)
-  is what makes the targets feasible: the protocol forces an advance after ``max_stall_frames`` silent
-  frames while text remains, and with jumps a long word (a number read out, ~1.6 s) stalls, gets forced
-  advances that eat into later words and, on the last word, reach the end early, so ``<eos>`` cuts the
-  speech off (in 28 % of 300 train samples); spread out, 2 of their 45k frames need a forced advance.
+  t0 to its last phoneme's end t1. At the end of frame f, time t = (f + 1) / fps, the pointer is, for
+  the last segment with t0 < t, its end b1 (mode ``"onset"``, the default: a word's bytes are taken at
+  its first frame) or ``b0 + ceil((b1 - b0) * (t - t0) / (t1 - t0))`` (mode ``"spread"``: its bytes
+  spread over its duration, a started segment counting at least one byte). Once the last phoneme has
+  ended, and at the last frame in any case, it is the whole transcript's length, so ``<eos>`` follows.
+  The running maximum makes it monotonic whatever the alignment says.
+  Why onset: the advance is then 0 except at a word's first frame, a decision the LM can take from the
+  units it has emitted (this word's phonemes are done: the next word starts), with the word it is
+  speaking just behind the pointer. Spread advances are 0, 1 or 2 by rounding (0.63 bytes a frame on
+  average), which the text cannot predict: greedy decoding takes the commonest, 1, every frame and runs
+  ahead of its own speech (decoded length 0.60 of the truth after 200 steps, units 85 % wrong once
+  timing is removed). Onset leaves long zero-advance stretches inside long words, so the protocol's
+  ``max_stall_frames`` is 40 (1.6 s): 0.6 % of frames then need a forced advance (9.2 % with 12, 300
+  train samples; spread needs none).
 * Feasibility (:func:`feasible_advances`): the per-frame differences of the pointer, made decodable by
   simulating the protocol on the whole text: an advance is at most ``max_advance`` and at most the
   bytes in context (the rest carries to the next frames), and at least 1 after ``max_stall_frames``
@@ -75,7 +80,7 @@ from streamchar.timebase import TimeBase
 from training.data.corpus import ShardDataset, shard_paths
 from training.data.schema import Sample
 from training.trainers.runtime import weights_digest
-from training.units import sample_latents
+from training.units import sample_units
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +123,7 @@ class UnitCodecs:
     def digest(self) -> str:
         h = hashlib.sha256(json.dumps(dataclasses.asdict(self.codec.config), sort_keys=True).encode())
         h.update(weights_digest(self.tokenizer).encode())
+        h.update(json.dumps(dataclasses.asdict(self.tokenizer.config), sort_keys=True).encode())
         return h.hexdigest()[:16]
 
 
@@ -133,15 +139,20 @@ def load_unit_codecs(bundle: Path) -> UnitCodecs:
 def frame_units(sample: Sample, tokenizer: UnitTokenizer, codec: MelAudioCodec,
                 silence_rms: float = SILENCE_RMS) -> Tensor:
     """Units [F] long: the tokenizer's, and K (``num_units``) where the frame is digital silence."""
-    latents = sample_latents(codec, sample)  # [M, Ca], M = 4 F
-    units = tokenizer.encode(latents[None])[0]  # [F]
+    units = sample_units(tokenizer, codec, sample)  # [F]
     frames = np.asarray(sample.waveform, dtype=np.float64).reshape(len(units), TB.samples_per_frame)  # [F, 640]
     silent = torch.from_numpy(np.sqrt((frames**2).mean(axis=1)) < silence_rms)  # [F]
     return torch.where(silent, tokenizer.config.num_units, units)
 
 
-def speech_pointer(sample: Sample, num_frames: int, fps: int = TB.fps) -> list[int]:
-    """Bytes of the transcript spoken by the end of each frame (module docstring), monotonic, ending at len."""
+POINTER_MODES = ("onset", "spread")
+
+
+def speech_pointer(sample: Sample, num_frames: int, fps: int = TB.fps, mode: str = "onset") -> list[int]:
+    """Bytes of the transcript spoken by the end of each frame (module docstring), monotonic, ending at len.
+    ``mode``: "onset" takes a segment's bytes at its first frame, "spread" spreads them over its duration."""
+    if mode not in POINTER_MODES:
+        raise ValueError(f"pointer mode must be one of {POINTER_MODES}, got {mode!r}")
     text = sample.transcript
     byte_at = [0]  # byte offset of each character boundary
     for ch in text:
@@ -168,7 +179,7 @@ def speech_pointer(sample: Sample, num_frames: int, fps: int = TB.fps) -> list[i
             for b0, b1, t0, t1 in segments:
                 if t0 >= t:
                     continue
-                progress = min(1.0, (t - t0) / (t1 - t0)) if t1 > t0 else 1.0
+                progress = min(1.0, (t - t0) / (t1 - t0)) if t1 > t0 and mode == "spread" else 1.0
                 value = max(value, b0 + min(b1 - b0, math.ceil((b1 - b0) * progress - 1e-9)))
         pointer.append(max(value, pointer[-1] if pointer else 0))
     return pointer
@@ -198,14 +209,14 @@ def feasible_advances(pointer: Sequence[int], num_bytes: int, protocol: Orchestr
 
 
 def frame_targets(sample: Sample, tokenizer: UnitTokenizer, codec: MelAudioCodec, protocol: OrchestratorProtocol,
-                  silence_rms: float = SILENCE_RMS) -> FrameTargets:
+                  silence_rms: float = SILENCE_RMS, pointer: str = "onset") -> FrameTargets:
     """The sample's feasible per-frame targets; frames added by a carry past the clip's end are silent."""
     if tokenizer.config.num_units != protocol.vocab.num_units:
         raise ValueError(f"tokenizer has {tokenizer.config.num_units} units, vocabulary "
                          f"{protocol.vocab.num_units}")
     units = frame_units(sample, tokenizer, codec, silence_rms)
     num_bytes = len(sample.transcript.encode("utf-8"))
-    advances = feasible_advances(speech_pointer(sample, len(units)), num_bytes, protocol)
+    advances = feasible_advances(speech_pointer(sample, len(units), mode=pointer), num_bytes, protocol)
     extra = len(advances) - len(units)
     units = torch.cat([units, torch.full((extra,), protocol.vocab.num_units, dtype=torch.long)])
     return FrameTargets(units.long(), torch.tensor(advances, dtype=torch.long))
@@ -470,6 +481,7 @@ class CacheSpec:
     codecs: UnitCodecs
     streamed: bool
     silence_rms: float
+    pointer: str = "onset"
 
     def key(self) -> str:
         shards = [(p.name, p.stat().st_size) for p in shard_paths(self.corpus, self.split)]
@@ -479,7 +491,7 @@ class CacheSpec:
                  "codecs": self.codecs.digest(), "vocab": self.protocol.vocab.to_dict(),
                  "protocol": dataclasses.asdict(self.protocol.config),
                  "frames_per_chunk": self.protocol.frames_per_chunk, "streamed": self.streamed,
-                 "silence_rms": self.silence_rms}
+                 "silence_rms": self.silence_rms, "pointer": self.pointer}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
     def path(self, cache_dir: Path) -> Path:
@@ -488,7 +500,8 @@ class CacheSpec:
 
 def sample_sequences(sample: Sample, spec: CacheSpec) -> list[TrainingSequence]:
     """The sample's sequences: text given whole, and (``spec.streamed``) streamed word by word."""
-    targets = frame_targets(sample, spec.codecs.tokenizer, spec.codecs.codec, spec.protocol, spec.silence_rms)
+    targets = frame_targets(sample, spec.codecs.tokenizer, spec.codecs.codec, spec.protocol, spec.silence_rms,
+                            spec.pointer)
     text = sample.transcript.encode("utf-8")
     sequences = replay(spec.protocol, text, targets)
     if spec.streamed:

@@ -52,6 +52,7 @@ from streamchar.timebase import TimeBase
 from training.data.corpus import ShardDataset
 from training.objectives.lm import LMObjectiveConfig, lm_loss
 from training.pipelines.lm_data import (
+    POINTER_MODES,
     SILENCE_RMS,
     CacheSpec,
     RecordingStep,
@@ -87,9 +88,13 @@ class LMModelConfig:
         if self.preset not in BUNDLE_PRESETS:
             raise ValueError(f"unknown preset {self.preset!r} (choose from {', '.join(BUNDLE_PRESETS)})")
 
-    def vocab(self) -> StreamCharVocab:
+    def vocab(self, bundle: Path | None = None) -> StreamCharVocab:
+        """The preset's vocabulary with as many units as `bundle`'s unit tokenizer has (the preset's
+        ``num_units`` without one): the LM emits exactly the ids the DiT of that bundle embeds."""
         p = BUNDLE_PRESETS[self.preset]
-        return StreamCharVocab(num_units=p.num_units, max_advance=p.max_advance)
+        units = Path(bundle or default_checkpoint(self.preset)) / "units" / "config.json"
+        num_units = json.loads(units.read_text())["num_units"] if units.exists() else p.num_units
+        return StreamCharVocab(num_units=num_units, max_advance=p.max_advance)
 
     def build(self, vocab: StreamCharVocab) -> LMConfig:
         overrides = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
@@ -107,10 +112,13 @@ class LMDataConfig:
     streamed: bool = True  # also replay every sample with its text streamed word by word
     length_buckets: int = 8  # batches drawn from this many length buckets (1: plain uniform draws)
     silence_rms: float = SILENCE_RMS  # frames quieter than this are the silence class (<wait>)
+    pointer: str = "onset"  # a word's bytes advance at its first frame, or "spread" over it (lm_data.py)
 
     def __post_init__(self) -> None:
         if self.length_buckets < 1 or self.silence_rms < 0:
             raise ValueError("length_buckets must be >= 1 and silence_rms >= 0")
+        if self.pointer not in POINTER_MODES:
+            raise ValueError(f"data.pointer must be one of {POINTER_MODES}")
 
 
 @dataclass(frozen=True)
@@ -127,12 +135,12 @@ def bundle_dir(config: LMTrainConfig) -> Path:
 
 
 def make_protocol(config: LMTrainConfig) -> OrchestratorProtocol:
-    return OrchestratorProtocol(config.model.vocab(), TB.frames_per_chunk, config.protocol)
+    return OrchestratorProtocol(config.model.vocab(bundle_dir(config)), TB.frames_per_chunk, config.protocol)
 
 
 def cache_spec(config: LMTrainConfig, split: str, codecs: UnitCodecs) -> CacheSpec:
     return CacheSpec(Path(config.data.corpus), split, make_protocol(config), codecs, config.data.streamed,
-                     config.data.silence_rms)
+                     config.data.silence_rms, config.data.pointer)
 
 
 # ---- training -------------------------------------------------------------------------------------
@@ -141,7 +149,7 @@ def train(config: LMTrainConfig) -> Path | None:
     """Train (or resume) the orchestrator LM; returns the export directory on rank 0."""
     r = config.run
     info = init_distributed(r.backend, r.threads)
-    vocab = config.model.vocab()
+    vocab = config.model.vocab(bundle_dir(config))
     lm_config = config.model.build(vocab)
     if lm_config.max_position_embeddings < config.protocol.max_context:
         raise ValueError(f"max_position_embeddings {lm_config.max_position_embeddings} < protocol max_context "
@@ -194,7 +202,7 @@ def load_eval_model(checkpoint: Path) -> tuple[OrchestratorLM, StreamCharVocab, 
     else its latest checkpoint) or a training checkpoint ``step-N/``; and the training config if known."""
     if (checkpoint / "state.pt").exists():
         config = _saved_config(checkpoint / "config.json")
-        vocab = config.model.vocab()
+        vocab = config.model.vocab(bundle_dir(config))
         model = OrchestratorLM(config.model.build(vocab))
         model.load_state_dict(torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)["model"])
         return model.eval(), vocab, config
@@ -235,6 +243,12 @@ def greedy_decode(protocol: OrchestratorProtocol, backend: EmbeddedLMBackend, pi
     return Decoded(units, pointer + [state.pointer] * (len(units) - len(pointer)), state.done)
 
 
+def unit_runs(units: list[int], silence: int) -> list[str]:
+    """The unit sequence with timing removed: runs collapsed to one id, silence dropped (for phoneme units,
+    the phonemes said)."""
+    return [str(u) for j, u in enumerate(units) if u != silence and (j == 0 or u != units[j - 1])]
+
+
 def _padded(values: list[int], length: int, fill: int) -> np.ndarray:
     return np.array(values + [fill] * (length - len(values)), dtype=np.int64)
 
@@ -249,8 +263,12 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", split: 
     |decoded - true pointer| per frame in characters; streamed_*: word-by-word vs whole-text decodes
     (frames with equal units; samples with identical units and pointers); pointer_ok: fraction of
     decodes (both modes) whose pointer is monotonic and ends at the transcript's end with <eos>;
-    length_ratio: decoded frames up to <eos> over true frames up to the pointer's end.
+    length_ratio: decoded frames up to <eos> over true frames up to the pointer's end;
+    unit_sequence_err / streamed_sequence_err: the timing-tolerant view, the edit-distance rate (jiwer)
+    between :func:`unit_runs` of the whole-text decode and of the truth / of the word-by-word decode
+    (for phoneme units: the LM's phoneme error rate, its share of the pipeline's).
     """
+    import jiwer
     from tqdm import tqdm
 
     model, vocab, saved = load_eval_model(Path(checkpoint))
@@ -263,10 +281,12 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", split: 
     K = vocab.num_units
     sums = dict.fromkeys(("frames", "unit_eq", "speech_frames", "speech_eq", "pointer_err", "pair_frames",
                           "pair_eq", "identical", "pointer_ok", "decoded_len", "true_len"), 0.0)
+    runs: dict[str, list[str]] = {"truth": [], "whole": [], "streamed": []}
     for i in tqdm(range(count), desc=f"lm eval {split}", unit="sample", disable=not progress):
         sample = dataset[i]
         text = sample.transcript.encode("utf-8")
-        targets = frame_targets(sample, codecs.tokenizer, codecs.codec, protocol, config.data.silence_rms)
+        targets = frame_targets(sample, codecs.tokenizer, codecs.codec, protocol, config.data.silence_rms,
+                                config.data.pointer)
         true_units, true_pointer = targets.units.tolist(), targets.pointer.tolist()
         # room for the slowest decode the protocol allows (one byte per stall), so every decode can finish
         budget = max(2 * len(true_units), len(text) * (protocol.config.max_stall_frames + 1)) + 4 * TB.frames_per_chunk
@@ -295,6 +315,8 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", split: 
             sums["pointer_ok"] += 0.5 * float(d.done and monotonic and d.pointer[-1] == len(text))
         sums["decoded_len"] += next((f + 1 for f, p in enumerate(whole.pointer) if p == len(text)), len(whole.pointer))
         sums["true_len"] += next((f + 1 for f, p in enumerate(true_pointer) if p == len(text)), len(true_pointer))
+        for key, decoded in (("truth", true_units), ("whole", whole.units), ("streamed", streamed.units)):
+            runs[key].append(" ".join(unit_runs(decoded, K)) or "-")  # jiwer refuses empty strings
 
     return {
         "samples": float(count),
@@ -306,6 +328,8 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", split: 
         "streamed_identical": sums["identical"] / max(1, count),
         "pointer_ok": sums["pointer_ok"] / max(1, count),
         "length_ratio": sums["decoded_len"] / max(1.0, sums["true_len"]),
+        "unit_sequence_err": float(jiwer.wer(runs["truth"], runs["whole"])) if count else 0.0,
+        "streamed_sequence_err": float(jiwer.wer(runs["whole"], runs["streamed"])) if count else 0.0,
     }
 
 
@@ -318,6 +342,8 @@ def format_results(r: dict[str, float], split: str, checkpoint: str | Path) -> s
         ("word-by-word == whole text (samples)", f"{r['streamed_identical']:.3f}"),
         ("pointer monotonic, ends at the end", f"{r['pointer_ok']:.3f}"),
         ("decoded / true length (frames)", f"{r['length_ratio']:.3f}"),
+        ("unit sequence error, timing removed", f"{r['unit_sequence_err']:.3f}"),
+        ("word-by-word vs whole, timing removed", f"{r['streamed_sequence_err']:.3f}"),
     ]
     head = f"orchestrator LM {checkpoint} on {split}: {int(r['samples'])} samples, {int(r['frames'])} frames"
     return "\n".join([head, *(f"  {name:<40} {value:>8}" for name, value in rows)])
