@@ -15,13 +15,13 @@ from training.eval.recognizer import (
     BLANK,
     PhonemeRecognizer,
     PhonemeRecognizerConfig,
-    _jiwer_per,
     build_inventory,
     evaluate_recognizer,
     features,
     greedy_decode,
     load_recognizer,
     phoneme_error_rate,
+    pooled_per,
     reference_phonemes,
     train_recognizer,
     transcript_phonemes,
@@ -87,14 +87,14 @@ def test_greedy_decode_collapses_repeats_and_blanks():
     assert model.encode_phonemes(["a", "_:", "oU", "zz", "_"]) == [1, 5]
 
 
-def test_transcript_phonemes_drop_pauses_and_jiwer_per():
+def test_transcript_phonemes_drop_pauses_andpooled_per():
     sample = Sample("x", "train", "hi", [PhonemeEvent("_:", 0, .1, 0, 0), PhonemeEvent("h", .1, .2, 0, 2),
                                          PhonemeEvent("aI", .2, .3, 0, 2), PhonemeEvent("_", .3, .4, 2, 2)],
                     np.zeros(6400, np.float32), np.zeros((1, 4, 4, 3), np.uint8))
     assert transcript_phonemes(sample) == ["h", "aI"]
-    assert _jiwer_per([["a", "b", "c"]], [["a", "c"]]) == pytest.approx(1 / 3)
-    assert _jiwer_per([["a", "b"]], [[]]) == 1.0
-    assert _jiwer_per([["a", "b"], ["c", "d"]], [["a", "b"], ["x", "d"]]) == pytest.approx(0.25)
+    assert pooled_per([["a", "b", "c"]], [["a", "c"]]) == pytest.approx(1 / 3)
+    assert pooled_per([["a", "b"]], [[]]) == 1.0
+    assert pooled_per([["a", "b"], ["c", "d"]], [["a", "b"], ["x", "d"]]) == pytest.approx(0.25)
 
 
 def test_reference_phonemes_match_corpus_labels(train_samples):

@@ -311,4 +311,6 @@ def test_eval_reports_chunk_and_rollout_metrics(corpus: Path, cache: Path, codec
         assert all(np.isfinite(row[k]) for k in ("video_mse", "audio_mse", "psnr", "mouth_l1", "energy_corr"))
     assert report["codec_psnr"] > 25  # the codec's own round trip on these frames
     assert Path(report["rollouts"][0]["mp4"]).stat().st_size > 1000
+    # the recognizer heard the rolled-out audio: an untrained DiT's is far from the transcript, the truth's is not
+    assert report["rollout_per"] > 0.5 and report["rollout_per_ground_truth"] < report["rollout_per"]
     assert (tmp_path / "eval" / "report.json").exists()

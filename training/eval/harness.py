@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from training.eval.protocols import TB, EvalItem
-from training.eval.recognizer import transcript_phonemes
+from training.eval.recognizer import pooled_per, transcript_phonemes
 from training.eval.stability import drift, frame_changes, frechet_distance, pooled_seam_stats, seam_stats
 from training.eval.systems import System, SystemOutput
 
@@ -85,12 +85,6 @@ def score_output(ev: Evaluators, item: EvalItem, out: SystemOutput, sync_whole: 
                   frechet_features(ev.visual, out.frames), frame_changes(out.frames))
 
 
-def _per(refs: list[list[str]], hyps: list[list[str]]) -> float:
-    from training.eval.recognizer import _jiwer_per
-
-    return _jiwer_per(refs, hyps)
-
-
 # ---- protocols ------------------------------------------------------------------------------------
 
 def reduce_short(scored: list[Scored], gt_features: list[np.ndarray]) -> dict[str, Any]:
@@ -112,8 +106,8 @@ def reduce_short(scored: list[Scored], gt_features: list[np.ndarray]) -> dict[st
         "clips": len(scored),
         "gt_seconds": gt_seconds,
         "seconds": out_seconds,
-        "per": _per(refs, hyps),
-        "per_clip": [_per([r], [h]) for r, h in zip(refs, hyps)],
+        "per": pooled_per(refs, hyps),
+        "per_clip": [pooled_per([r], [h]) for r, h in zip(refs, hyps)],
         "lse_d": float(np.mean([s.sync.lse_d for s in scored])),
         "lse_c": float(np.mean([s.sync.lse_c for s in scored])),
         "offset0": float(np.mean(offsets == 0)),
@@ -155,7 +149,7 @@ def reduce_long(ev: Evaluators, scored: Scored, gt_features: np.ndarray, window_
         "session": item.item_id,
         "gt_seconds": item.seconds,
         "seconds": out.seconds,
-        "per": _per([transcript_phonemes(item)], [scored.hypothesis]),
+        "per": pooled_per([transcript_phonemes(item)], [scored.hypothesis]),
         "seam": pooled_seam_stats([scored.changes], out.chunk_frames)["ratio"],
         "identity": float(scored.identity.mean()),
         "fd": float(np.mean(windows["fd"])),

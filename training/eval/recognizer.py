@@ -243,7 +243,7 @@ def reference_phonemes(text: str, speaker: Any = None) -> list[str]:
     return [e.phoneme for e in events if not is_pause(e.phoneme)]
 
 
-def _jiwer_per(references: list[list[str]], hypotheses: list[list[str]]) -> float:
+def pooled_per(references: list[list[str]], hypotheses: list[list[str]]) -> float:
     import jiwer
 
     if any(not r for r in references):
@@ -260,7 +260,7 @@ def phoneme_error_rate(recognizer: PhonemeRecognizer, waveform: np.ndarray | Ten
     """PER of what `recognizer` hears in `waveform` against `reference_phonemes` (pauses are
     dropped from the reference): jiwer.wer over space-joined phoneme tokens. Can exceed 1.0."""
     ref = [p for p in reference_phonemes if not is_pause(p)]
-    return _jiwer_per([ref], [recognizer.recognize(waveform)])
+    return pooled_per([ref], [recognizer.recognize(waveform)])
 
 
 def evaluate_recognizer(recognizer: PhonemeRecognizer, samples: Sequence[Sample]) -> dict[str, float]:
@@ -271,7 +271,7 @@ def evaluate_recognizer(recognizer: PhonemeRecognizer, samples: Sequence[Sample]
     refs = [transcript_phonemes(s) for s in samples]
     hyps = [recognizer.recognize(s.waveform) for s in samples]
     shifted = refs[1:] + refs[:1]
-    return {"per": _jiwer_per(refs, hyps), "per_mismatched": _jiwer_per(shifted, hyps), "samples": float(len(samples))}
+    return {"per": pooled_per(refs, hyps), "per_mismatched": pooled_per(shifted, hyps), "samples": float(len(samples))}
 
 
 # ---- training ------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ Evaluation (:func:`evaluate`): held-out chunks are sampled from their ground-tru
 decoded-frame PSNR next to the codec's own ceiling, mouth-region error and motion correlation, per-frame
 audio energy correlation); a few whole clips are then rolled out chunk by chunk through the renderer's own
 ``RenderEngine.render_batch`` (own outputs as motion and sink, as a live session does) and written as MP4s
-(generated | ground truth, generated audio).
+(generated | ground truth, generated audio); the shipped phoneme recognizer scores their audio against
+the transcript (PER with ground-truth units: the DiT's share of the pipeline's error, without the LM's).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ from streamchar.models.sampler import FlowMatchingSampler
 from streamchar.timebase import TimeBase
 from training.data.characters import reference_image
 from training.data.corpus import ShardDataset
+from training.eval.recognizer import DEFAULT_CHECKPOINT as RECOGNIZER
+from training.eval.recognizer import is_pause, load_recognizer, phoneme_error_rate, pooled_per, transcript_phonemes
 from training.eval.sync import SyncNetConfig
 from training.objectives.flow_matching import FlowMatchingConfig, NoiseDraw, draw_noise, flow_matching_loss
 from training.pipelines.dit_data import (
@@ -427,6 +430,7 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
         picks = [s for s in range(len(latents)) if int(latents.num_frames[s]) // Fc >= 4][:rollouts]
         refs = [reference_image(corpus_samples[s].character, codecs.video.image_size) for s in picks]
         rolled = rollout(models, latents, picks, steps[0], guidance[0], refs, seed)
+        recognizer = load_recognizer(RECOGNIZER)
         for s, (frames, pcm, video, audio) in zip(picks, rolled):
             n_frames = len(frames)
             first = int(latents.frame_offset[s])
@@ -437,11 +441,18 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
                                     gt_audio[None], torch.from_numpy(np.ascontiguousarray(gt.frames[:n_frames]))[None])
             path = out_dir / f"rollout-{latents.sample_ids[s]}.mp4"
             write_mp4(path, np.concatenate([frames, gt.frames[:n_frames]], axis=2), pcm)
-            clip_rows.append({"sample_id": latents.sample_ids[s], "frames": n_frames, **metrics, "mp4": str(path)})
+            reference = [p for p in transcript_phonemes(gt) if not is_pause(p)]
+            clip_rows.append({"sample_id": latents.sample_ids[s], "frames": n_frames, **metrics,
+                              "per": phoneme_error_rate(recognizer, pcm, reference),
+                              "per_ground_truth": phoneme_error_rate(recognizer, gt.waveform, reference),
+                              "reference": reference, "heard": recognizer.recognize(pcm), "mp4": str(path)})
 
     report = {"checkpoint": str(checkpoint), "weights": weights, "split": split, "chunks": chunks,
               "first_chunk_share": float((batch.chunk_index == 0).float().mean()), "codec_psnr": codec_psnr,
               "settings": settings, "rollouts": clip_rows}
+    if clip_rows:  # pooled over clips (jiwer over all phonemes), like the harness
+        report["rollout_per"] = pooled_per([r["reference"] for r in clip_rows], [r["heard"] for r in clip_rows])
+        report["rollout_per_ground_truth"] = float(np.mean([r["per_ground_truth"] for r in clip_rows]))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(format_report(report))
     return report
@@ -457,10 +468,12 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"{row['steps']:>5} {row['guidance']:>4.1f} " + " ".join(f"{row[c]:>17.4f}" for c in cols)
                      + f" {row['seconds_per_chunk']:>8.3f}")
     if report["rollouts"]:
-        lines.append("rollouts (own outputs as motion/sink, first setting):")
+        lines.append("rollouts (own outputs as motion/sink, first setting, ground-truth units):")
         for row in report["rollouts"]:
             lines.append(f"{row['sample_id']:>14} {row['frames']:>4} frames " + " ".join(
-                f"{c} {row[c]:.4f}" for c in cols) + f"  {row['mp4']}")
+                f"{c} {row[c]:.4f}" for c in cols) + f" per {row['per']:.3f}  {row['mp4']}")
+        lines.append(f"rollout PER {report['rollout_per']:.3f} (pooled; ground-truth audio of the same clips: "
+                     f"mean {report['rollout_per_ground_truth']:.3f})")
     return "\n".join(lines)
 
 
