@@ -64,7 +64,7 @@ class Pipeline:
         self._lm_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lm")
         self._render_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
         self.orchestrator = OrchestratorEngine(
-            self.store, EmbeddedLMBackend(lm), vocab,
+            self.store, EmbeddedLMBackend(lm, logit_bias=lm.logit_bias(vocab)), vocab,
             OrchestratorProtocol(vocab, time_base.frames_per_chunk, config.protocol), self._lm_executor)
         self.render_engine = RenderEngine(self.renderer_models, config.steps, config.guidance, 1, self._render_executor)
         self.session_renderer = SessionRenderer(self.store, self.render_engine)

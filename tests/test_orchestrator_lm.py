@@ -205,6 +205,29 @@ def test_save_load_keeps_bf16(tmp_path):
     assert torch.equal(loaded.eval()(ids), model(ids))
 
 
+@torch.no_grad()
+def test_advance_bias_is_saved_and_steers_the_greedy_choice(tmp_path):
+    """The decoding setting travels in streamchar.json and the embedded backend applies it as a logit bias
+    on exactly the advance tokens that move the pointer."""
+    from streamchar.engine.orchestration import EmbeddedLMBackend
+
+    model = _model().eval()
+    assert model.logit_bias(DEFAULT_VOCAB) == {}
+    model.advance_bias = 2.5
+    model.save_pretrained(tmp_path, DEFAULT_VOCAB)
+    loaded, vocab = OrchestratorLM.from_pretrained(tmp_path)
+    bias = loaded.logit_bias(vocab)
+    assert loaded.advance_bias == 2.5 and set(bias.values()) == {2.5}
+    assert sorted(bias) == [i for i in vocab.adv_ids() if vocab.advance_of(i) > 0]
+    context, allowed = [vocab.bos_id, vocab.text_id, 65, 66, vocab.speak_id], list(vocab.adv_ids())
+    logits = loaded(torch.tensor([context]))[0, -1]
+    plain = EmbeddedLMBackend(loaded).step("s", context, allowed)
+    assert plain == allowed[int(torch.argmax(logits[allowed]))]
+    zero = vocab.adv_ids()[0]
+    biased = EmbeddedLMBackend(loaded, logit_bias={zero: -1e4, **bias}).step("s", context, allowed)
+    assert biased != zero and biased == max(bias, key=lambda i: float(logits[i]))
+
+
 def test_save_rejects_mismatched_vocab(tmp_path):
     with pytest.raises(ValueError):
         _model().save_pretrained(tmp_path, StreamCharVocab(num_units=10, max_advance=3))

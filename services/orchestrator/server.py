@@ -174,7 +174,7 @@ def build_engine(config: OrchestratorConfig, store: SessionStore, time_base: Tim
                  executor: ThreadPoolExecutor) -> tuple[OrchestratorEngine, bool]:
     model, vocab, trained = load_orchestrator(config.checkpoint or None)
     protocol = OrchestratorProtocol(vocab, time_base.frames_per_chunk, config.protocol)
-    return OrchestratorEngine(store, EmbeddedLMBackend(model), vocab, protocol, executor), trained
+    return OrchestratorEngine(store, EmbeddedLMBackend(model, logit_bias=model.logit_bias(vocab)), vocab, protocol, executor), trained
 
 
 async def start(config: OrchestratorConfig) -> RunningServer:

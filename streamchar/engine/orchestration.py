@@ -51,9 +51,13 @@ class LMBackend(Protocol):
 class EmbeddedLMBackend:
     """The LM in-process. Per-session KV caches are only a cache: a miss re-prefills the context."""
 
-    def __init__(self, model: OrchestratorLM, max_cached_sessions: int = 64) -> None:
+    def __init__(self, model: OrchestratorLM, max_cached_sessions: int = 64,
+                 logit_bias: dict[int, float] | None = None) -> None:
+        """`logit_bias`: token id -> added to its logit before the greedy choice (``model.logit_bias``)."""
         self.model = model.eval()
         self.max_cached_sessions = max_cached_sessions
+        self._bias_ids = torch.tensor(sorted(logit_bias or {}), dtype=torch.long)
+        self._bias = torch.tensor([(logit_bias or {})[i] for i in self._bias_ids.tolist()], dtype=torch.float32)
         self._caches: OrderedDict[str, tuple[list[int], KVCache]] = OrderedDict()
 
     @torch.inference_mode()
@@ -70,7 +74,9 @@ class EmbeddedLMBackend:
         else:
             cache.crop(common)
         new = torch.tensor([context[common:]], dtype=torch.long)  # [1,N]
-        logits = self.model(new, cache=cache)[0, -1]  # [V]
+        logits = self.model(new, cache=cache)[0, -1].float()  # [V]
+        if len(self._bias_ids):
+            logits[self._bias_ids] += self._bias
         allowed_t = torch.tensor(allowed, dtype=torch.long)
         choice = int(allowed_t[int(torch.argmax(logits[allowed_t]))])
         self._caches[session_id] = (list(context), cache)

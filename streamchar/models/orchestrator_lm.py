@@ -336,6 +336,11 @@ class OrchestratorLM(nn.Module):
         self.lm_head = (
             None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         )
+        # Decoding setting saved with the checkpoint (streamchar.json "decoding"), not a weight: added to
+        # the logits of the non-zero advance tokens before the greedy choice (vLLM: ``logit_bias``). A
+        # word's onset is a rare, uncertain event; this calibrates the greedy decoder's timing
+        # (``python -m training.trainers.lm calibrate`` fits it on the val split).
+        self.advance_bias = 0.0
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """input_ids [B,N] -> logits [B,N,V].
@@ -383,7 +388,8 @@ class OrchestratorLM(nn.Module):
         vocab.write_hf_tokenizer(directory)
         _write_json(
             directory / "streamchar.json",
-            {"format_version": STREAMCHAR_FORMAT_VERSION, "vocab": vocab.to_dict()},
+            {"format_version": STREAMCHAR_FORMAT_VERSION, "vocab": vocab.to_dict(),
+             "decoding": {"advance_bias": self.advance_bias}},
         )
         logger.info("saved %s-param orchestrator LM to %s", f"{self.num_params():,}", directory)
 
@@ -402,7 +408,14 @@ class OrchestratorLM(nn.Module):
         state = load_file(str(directory / "model.safetensors"))
         model = cls(config).to(state["model.embed_tokens.weight"].dtype)
         model.load_state_dict(state, strict=True)
+        model.advance_bias = float(meta.get("decoding", {}).get("advance_bias", 0.0))
         return model, vocab
+
+    def logit_bias(self, vocab: StreamCharVocab) -> dict[int, float]:
+        """Token id -> bias the decoder adds to its logit (the advance tokens that move the pointer)."""
+        if not self.advance_bias:
+            return {}
+        return {i: self.advance_bias for i in vocab.adv_ids() if vocab.advance_of(i) > 0}
 
 
 def _write_json(path: Path, obj: Any) -> None:

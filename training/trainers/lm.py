@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -35,6 +36,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -254,7 +256,7 @@ def _padded(values: list[int], length: int, fill: int) -> np.ndarray:
 
 
 def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", split: str = "test", bundle: str = "",
-             limit: int = 0, progress: bool = True) -> dict[str, float]:
+             limit: int = 0, progress: bool = True, advance_bias: float | None = None) -> dict[str, float]:
     """Metrics of the LM on `split` through the real decoding path (module docstring).
 
     unit_acc: decoded unit == ground-truth unit per frame, the silence class K counting as a class, over
@@ -272,10 +274,12 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", split: 
     from tqdm import tqdm
 
     model, vocab, saved = load_eval_model(Path(checkpoint))
+    if advance_bias is not None:  # else the checkpoint's own (streamchar.json), as the services decode
+        model.advance_bias = advance_bias
     config = saved or LMTrainConfig()
     codecs = load_unit_codecs(Path(bundle) if bundle else bundle_dir(config))
     protocol = OrchestratorProtocol(vocab, TB.frames_per_chunk, config.protocol)
-    backend = EmbeddedLMBackend(model)
+    backend = EmbeddedLMBackend(model, logit_bias=model.logit_bias(vocab))
     dataset = ShardDataset(Path(corpus), split)
     count = min(limit, len(dataset)) if limit else len(dataset)
     K = vocab.num_units
@@ -319,6 +323,7 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", split: 
             runs[key].append(" ".join(unit_runs(decoded, K)) or "-")  # jiwer refuses empty strings
 
     return {
+        "advance_bias": model.advance_bias,
         "samples": float(count),
         "frames": sums["frames"],
         "unit_acc": sums["unit_eq"] / max(1.0, sums["frames"]),
@@ -333,6 +338,30 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", split: 
     }
 
 
+def orchestrator_dir(checkpoint: Path) -> Path:
+    """The HF orchestrator directory of a run, export / bundle or HF directory."""
+    for candidate in (checkpoint, checkpoint / "orchestrator", checkpoint / "export" / "orchestrator"):
+        if (candidate / "streamchar.json").exists():
+            return candidate
+    raise FileNotFoundError(f"no exported orchestrator LM under {checkpoint}")
+
+
+def calibrate(checkpoint: str | Path, corpus: str | Path = "data/corpus", split: str = "val",
+              biases: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 4.0), limit: int = 0) -> dict[str, Any]:
+    """Fit the advance bias on `split` (never the test split): decode with each bias and keep the one whose
+    decoded length is closest to the truth's (|log length_ratio|), the timing the bias controls; written
+    into the exported ``streamchar.json``, so every backend decodes with it."""
+    if split == "test":
+        raise ValueError("calibrate on the val (or train) split; the test split is for reporting")
+    target = orchestrator_dir(Path(checkpoint))
+    rows = [evaluate(target, corpus, split, limit=limit, progress=False, advance_bias=b) for b in biases]
+    best = min(rows, key=lambda r: abs(math.log(max(r["length_ratio"], 1e-6))))
+    meta = json.loads((target / "streamchar.json").read_text())
+    meta["decoding"] = {**meta.get("decoding", {}), "advance_bias": best["advance_bias"]}
+    (target / "streamchar.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return {"split": split, "chosen": best["advance_bias"], "orchestrator": str(target), "rows": rows}
+
+
 def format_results(r: dict[str, float], split: str, checkpoint: str | Path) -> str:
     rows = [
         ("unit accuracy (silence class included)", f"{r['unit_acc']:.3f}"),
@@ -345,7 +374,8 @@ def format_results(r: dict[str, float], split: str, checkpoint: str | Path) -> s
         ("unit sequence error, timing removed", f"{r['unit_sequence_err']:.3f}"),
         ("word-by-word vs whole, timing removed", f"{r['streamed_sequence_err']:.3f}"),
     ]
-    head = f"orchestrator LM {checkpoint} on {split}: {int(r['samples'])} samples, {int(r['frames'])} frames"
+    head = (f"orchestrator LM {checkpoint} on {split}: {int(r['samples'])} samples, {int(r['frames'])} frames, "
+            f"advance bias {r['advance_bias']:g}")
     return "\n".join([head, *(f"  {name:<40} {value:>8}" for name, value in rows)])
 
 
@@ -353,15 +383,22 @@ def format_results(r: dict[str, float], split: str, checkpoint: str | Path) -> s
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv.pop(0) if argv and argv[0] in ("train", "cache", "eval") else "train"
+    command = argv.pop(0) if argv and argv[0] in ("train", "cache", "eval", "calibrate") else "train"
     parser = argparse.ArgumentParser(prog=f"python -m training.trainers.lm {command}")
-    if command == "eval":
+    if command == "calibrate":
+        parser.add_argument("--checkpoint", required=True, help="run dir or export / HF orchestrator dir")
+        parser.add_argument("--corpus", default="data/corpus")
+        parser.add_argument("--split", default="val")
+        parser.add_argument("--biases", default="0,1,2,3,4", help="comma-separated advance biases to try")
+        parser.add_argument("--limit", type=int, default=0, help="first N samples (0: all)")
+    elif command == "eval":
         parser.add_argument("--checkpoint", required=True, help="run dir, export/bundle dir, HF dir or step-N dir")
         parser.add_argument("--corpus", default="data/corpus")
         parser.add_argument("--split", default="test")
         parser.add_argument("--bundle", default="", help="codecs of the targets (default: the training run's)")
         parser.add_argument("--limit", type=int, default=0, help="first N samples (0: all)")
         parser.add_argument("--json", default=None, help="also write the metrics here")
+        parser.add_argument("--advance-bias", type=float, default=None, help="override the checkpoint's")
     else:
         parser.add_argument("--config", default=None, help="TOML over the defaults")
         parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -369,9 +406,19 @@ def main(argv: list[str] | None = None) -> int:
             parser.add_argument("--split", action="append", default=None, help="default: data.split")
     args = parser.parse_args(argv)
     setup_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    if command == "calibrate":
+        torch.set_num_threads(1)
+        found = calibrate(args.checkpoint, args.corpus, args.split,
+                          tuple(float(b) for b in args.biases.split(",") if b), args.limit)
+        for r in found["rows"]:
+            print(f"advance bias {r['advance_bias']:>5g}: decoded/true length {r['length_ratio']:.3f}, unit sequence "
+                  f"error {r['unit_sequence_err']:.3f}, pointer error {r['pointer_err_chars']:.2f} characters")
+        print(f"chose {found['chosen']:g} on {found['split']}; written to {found['orchestrator']}/streamchar.json")
+        return 0
     if command == "eval":
         torch.set_num_threads(1)  # batch-1 decoding of a small LM: more threads only add synchronisation
-        results = evaluate(args.checkpoint, args.corpus, args.split, args.bundle, args.limit)
+        results = evaluate(args.checkpoint, args.corpus, args.split, args.bundle, args.limit,
+                           advance_bias=args.advance_bias)
         print(format_results(results, args.split, args.checkpoint))
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
