@@ -42,6 +42,7 @@ from training.pipelines.dit_data import (
     split_dir,
     to_unit_range,
 )
+from training.units import sample_units
 
 ROOT = Path(__file__).resolve().parent.parent
 TB = TimeBase()
@@ -100,7 +101,7 @@ def test_cache_holds_the_codecs_latents_and_is_idempotent(corpus: Path, cache: P
         ref = codecs.video.encode(to_unit_range(reference_image(sample.character, 64)[None]))[0]
     torch.testing.assert_close(latents.video[first:first + n].float(), video, atol=2e-2, rtol=1e-2)
     torch.testing.assert_close(latents.audio[first:first + n].flatten(0, 1).float(), audio[0], atol=2e-2, rtol=1e-2)
-    assert torch.equal(latents.units[first:first + n], codecs.units.encode(audio)[0])
+    assert torch.equal(latents.units[first:first + n], sample_units(codecs.units, codecs.audio, sample, audio[0]))
     torch.testing.assert_close(latents.ref[1].float(), ref, atol=2e-2, rtol=1e-2)
     # The reference is the neutral render, not a frame of the clip.
     assert (latents.ref[1].float() - video[0]).abs().mean() > 0.05
@@ -189,7 +190,9 @@ def test_draws_mix_first_chunks_and_silence_units(latents: LatentCache, codecs: 
     assert bool((batch.chunk_index < latents.num_frames[batch.sample_index] // Fc).all())  # never a partial chunk
     frames = (latents.frame_offset[batch.sample_index] + batch.chunk_index * Fc)[:, None] + torch.arange(Fc)
     silent = latents.rms[frames] < sampler.config.silence_rms
-    assert silent.any() and torch.equal(batch.cond.units == silence, silent)
+    # silent frames all become the silence unit; the others keep their unit (a pause already is silence)
+    assert silent.any() and bool((batch.cond.units[silent] == silence).all())
+    assert torch.equal(batch.cond.units[~silent], latents.units[frames][~silent])
     assert torch.equal(sampler.gather(batch.sample_index, batch.chunk_index).cond.units, latents.units[frames])
 
 

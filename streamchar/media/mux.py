@@ -610,6 +610,9 @@ def decode_mp4(data: bytes) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
         astream = audio_streams[0] if audio_streams else None
         selected = [s for s in (vstream, astream) if s is not None]
 
+        # The container's declared rate, read before decoding: libav re-estimates average_rate from the
+        # decoded timestamps, and with B-frame reordering that estimate can come out absurd (seen: -49467).
+        rate = (vstream.average_rate or vstream.guessed_rate) if vstream is not None else None
         frames: list[np.ndarray] = []
         video_pts: list[int] = []
         chunks: list[tuple[int | None, np.ndarray]] = []  # (pts in 1/sample_rate, [n] samples)
@@ -645,7 +648,7 @@ def decode_mp4(data: bytes) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
     else:
         video = np.zeros((0, 0, 0, 3), np.uint8)
 
-    fps = float(vstream.average_rate) if vstream is not None and vstream.average_rate else 0.0
+    fps = float(rate) if rate else 0.0
     start = 0.0
     if vstream is not None and video_pts and vstream.time_base:
         start = float(min(video_pts) * vstream.time_base)
