@@ -163,13 +163,10 @@ def cmd_train_codecs(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_units(args: argparse.Namespace) -> int:
-    from streamchar.models.io import load_module
-    from streamchar.models.units import UnitTokenizer
     from training.codecs import CodecTrainConfig, fit_bundle_units
 
     config = CodecTrainConfig(seed=args.seed, units=args.units, num_units=args.num_units)
-    seconds = fit_bundle_units(Path(args.corpus), Path(args.out), config)
-    units = load_module(UnitTokenizer, Path(args.out) / "units")
+    units, seconds = fit_bundle_units(Path(args.corpus), Path(args.out), config)
     print(f"wrote {units.config.num_units} {args.units} units to {Path(args.out) / 'units'} in {seconds:.0f} s; "
           "retrain the orchestrator LM and the DiT on them")
     return 0

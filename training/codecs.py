@@ -142,7 +142,7 @@ def train_codecs(corpus: Path, out: Path, config: CodecTrainConfig, progress: bo
     save_module(video, video.config, out / "video_codec")
     audio_config = calibrate_audio(corpus, config.preset)
     (out / "audio_codec.json").write_text(json.dumps(dataclasses.asdict(audio_config), indent=2) + "\n")
-    units_seconds = fit_bundle_units(corpus, out, config)
+    _, units_seconds = fit_bundle_units(corpus, out, config)
     manifest = read_manifest(out)
     manifest.setdefault("trained", {}).update({"video_codec": True, "audio_codec": True})
     manifest["preset"] = config.preset
@@ -153,9 +153,9 @@ def train_codecs(corpus: Path, out: Path, config: CodecTrainConfig, progress: bo
     return manifest["training"]["codecs"]
 
 
-def fit_bundle_units(corpus: Path, out: Path, config: CodecTrainConfig) -> float:
+def fit_bundle_units(corpus: Path, out: Path, config: CodecTrainConfig) -> tuple[UnitTokenizer, float]:
     """Fit the unit tokenizer of `config.units` kind on the train split with the bundle's audio codec,
-    write it to ``<out>/units``; returns the seconds it took. The LM and DiT must be retrained after."""
+    write it to ``<out>/units``; returns it and the seconds it took. The LM and DiT must be retrained after."""
     audio = MelAudioCodec(AudioCodecConfig(**json.loads((Path(out) / "audio_codec.json").read_text())))
     ds = ShardDataset(corpus, "train")
     t0 = time.perf_counter()
@@ -170,7 +170,7 @@ def fit_bundle_units(corpus: Path, out: Path, config: CodecTrainConfig) -> float
     manifest = read_manifest(out)
     manifest.setdefault("trained", {})["units"] = True
     write_manifest(out, manifest)
-    return time.perf_counter() - t0
+    return tokenizer, time.perf_counter() - t0
 
 
 def evaluate_codecs(corpus: Path, checkpoint: Path, split: str = "test", max_samples: int = 120) -> dict:

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from streamchar.models.units import is_pause
 from training.data.schema import Sample
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,6 @@ SAMPLE_RATE = 16_000
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "recognizer"
 HOP = 160  # MelAudioCodec tiny preset: 100 mel frames a second
 BLANK = 0
-
-
-def is_pause(phoneme: str) -> bool:
-    """espeak-ng's pauses ("_", "_:", "_!"): silence, dropped from recognizer targets."""
-    return phoneme.startswith("_")
 
 
 @dataclass(frozen=True)
