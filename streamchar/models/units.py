@@ -7,13 +7,12 @@ Two kinds (``UnitTokenizerConfig.kind``), fitted on the corpus train split by tr
   the phoneme sounding at the frame's centre in the training data's alignment; pauses and frames
   with no phoneme are silence. These units are speaker-invariant, so the LM can predict them from
   text alone (what it cannot know -- voice, pitch -- the DiT takes from the sink and motion audio),
-  and collapsing their runs gives back the transcript's phonemes at 3.6 % PER on the test split
-  (short phonemes can miss every frame centre). Nothing at inference needs the alignment: the LM
-  emits the ids.
+  and collapsing their runs gives back the transcript's phonemes, less the short phonemes that miss
+  every frame centre (tests/test_corpus.py bounds the loss). Nothing at inference needs the
+  alignment: the LM emits the ids.
 * ``"kmeans"``: the nearest of ``num_units`` centroids to the frame's standardised audio latents
-  (its ``mel_per_frame`` log-mel frames concatenated). They mix voice with phonetics: decoding each
-  unit's centroid loses most of the phonetic content (41 % PER against 8.5 % for the codec round
-  trip on 10 test clips), and the LM cannot tell which speaker's cluster to pick.
+  (its ``mel_per_frame`` log-mel frames concatenated). They mix voice with phonetics, so the LM
+  cannot tell from text which speaker's cluster to pick.
 """
 
 from __future__ import annotations

@@ -22,12 +22,11 @@ a pointer advance, the two tokens the LM decodes per frame.
   The running maximum makes it monotonic whatever the alignment says.
   Why onset: the advance is then 0 except at a word's first frame, a decision the LM can take from the
   units it has emitted (this word's phonemes are done: the next word starts), with the word it is
-  speaking just behind the pointer. Spread advances are 0, 1 or 2 by rounding (0.63 bytes a frame on
-  average), which the text cannot predict: greedy decoding takes the commonest, 1, every frame and runs
-  ahead of its own speech (decoded length 0.60 of the truth after 200 steps, units 85 % wrong once
-  timing is removed). Onset leaves long zero-advance stretches inside long words, so the protocol's
-  ``max_stall_frames`` is 40 (1.6 s): 0.6 % of frames then need a forced advance (9.2 % with 12, 300
-  train samples; spread needs none).
+  speaking just behind the pointer. Spread advances are 0, 1 or 2 by rounding, which the text cannot
+  predict: greedy decoding takes the commonest, 1, every frame and runs ahead of its own speech. Onset
+  leaves long zero-advance stretches inside long words, so the protocol's ``max_stall_frames`` is 40
+  (1.6 s), long enough that few frames need a forced advance (the feasible pointer departs from the
+  raw one only there).
 * Feasibility (:func:`feasible_advances`): the per-frame differences of the pointer, made decodable by
   simulating the protocol on the whole text: an advance is at most ``max_advance`` and at most the
   bytes in context (the rest carries to the next frames), and at least 1 after ``max_stall_frames``
