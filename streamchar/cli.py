@@ -71,8 +71,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    stack = start_stack(args.redis_url, args.checkpoint, log_dir)
-    print(f"gateway      {stack.gateway}\nrenderer     {stack.renderer}\norchestrator {stack.orchestrator}\n"
+    vllm, extra_env = None, {}
+    if args.vllm:
+        from streamchar.localstack import vllm_server
+
+        vllm = vllm_server(args.checkpoint, log_dir=log_dir)
+        print(f"starting vLLM for the orchestrator (log: {vllm.log_path}) ...", flush=True)
+        vllm.start()
+        extra_env = {"STREAMCHAR_BACKEND": "vllm", "STREAMCHAR_VLLM__URL": vllm.url}
+    try:
+        stack = start_stack(args.redis_url, args.checkpoint, log_dir, extra_env)
+    except BaseException:
+        if vllm is not None:
+            vllm.stop()
+        raise
+    print(f"gateway      {stack.gateway}\nrenderer     {stack.renderer}\norchestrator {stack.orchestrator}"
+          + (f" (LM on vLLM at {vllm.url})" if vllm else "") + "\n"
           f"store        {stack.store_url}\nlogs         {log_dir}/\nCtrl-C stops the stack.", flush=True)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -87,6 +101,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pass
     finally:
         stack.stop()
+        if vllm is not None:
+            vllm.stop()
     return 0
 
 
@@ -130,6 +146,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from streamchar.bench import run_bench
 
     return run_bench(args)
+
+
+def cmd_bench_orchestrator(args: argparse.Namespace) -> int:
+    from streamchar.bench_orchestrator import run_bench_orchestrator
+
+    return run_bench_orchestrator(args)
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
@@ -276,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--redis-url")
     serve.add_argument("--checkpoint", default="")
     serve.add_argument("--log-dir", default="out/logs")
+    serve.add_argument("--vllm", action="store_true",
+                       help="also start a vLLM server (.venv-vllm, `make vllm-env`) and run the orchestrator's LM on it")
     serve.set_defaults(func=cmd_serve)
 
     client = sub.add_parser("client", help="speak a text through a running gateway, writing the stream to a file")
@@ -297,6 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--checkpoint", default="")
     bench.add_argument("--mode", choices=("both", "inprocess", "services"), default="both")
     bench.set_defaults(func=cmd_bench)
+
+    bench_orch = sub.add_parser("bench-orchestrator", help="orchestrator LM backends side by side: embedded vs vLLM")
+    bench_orch.add_argument("--text", default=BENCH_TEXT)
+    bench_orch.add_argument("--sessions", type=int, nargs="+", default=[1, 4], help="concurrent sessions")
+    bench_orch.add_argument("--rounds", type=int, default=3, help="measured rounds per backend and concurrency")
+    bench_orch.add_argument("--checkpoint", default="")
+    bench_orch.add_argument("--vllm-venv", default="", help="vLLM environment (default: .venv-vllm)")
+    bench_orch.add_argument("--log-dir", default="")
+    bench_orch.set_defaults(func=cmd_bench_orchestrator)
 
     corpus = sub.add_parser("corpus", help="generate the synthetic corpus (train/val/test shards)")
     corpus.add_argument("--out", default="data/corpus")

@@ -31,6 +31,12 @@ class Unavailable(StreamCharError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class BackendFailed(StreamCharError):
+    """A model backend answered, but not as the protocol requires (e.g. a misconfigured vLLM server)."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
 class StaleWrite(FailedPrecondition):
     """A commit fenced by chunk index lost: another writer already advanced the session."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -129,3 +130,79 @@ def start_stack(store_url: str | None = None, checkpoint: str = "", log_dir: Pat
         stack.stop()
         raise
     return stack
+
+
+@dataclass
+class VLLMServer:
+    """A vLLM server for the orchestrator's vLLM backend, as a local process (its own session)."""
+
+    url: str
+    command: list[str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 300.0) -> VLLMServer:
+        """Start the server; returns once it lists its model (about 40 s on a 2-core CPU)."""
+        import httpx
+
+        with open(self.log_path, "ab") as out:
+            # Offline and without usage reports: nothing outside this machine is contacted.
+            env = child_env(HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
+            self.process = subprocess.Popen(self.command, env=env, cwd=ROOT, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with code {self.process.returncode}; log: {self.log_path}")
+            try:
+                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"vLLM server not ready after {timeout:.0f}s; log: {self.log_path}")
+
+    def engine_core_pid(self) -> int:
+        """The server's engine process (vLLM v1 runs the model loop in a child, `VLLM::EngineCore`)."""
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                pid, rest = stat.read_text().split(" ", 1)
+                ppid = int(rest.rsplit(")", 1)[1].split()[1])
+                cmdline = (stat.parent / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+            if self.process is not None and ppid == self.process.pid and b"EngineCore" in cmdline:
+                return int(pid)
+        raise RuntimeError("no vLLM engine core process found")
+
+    def kill(self) -> None:
+        """Kill the whole server at once (what a crash looks like to its clients)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def vllm_server(checkpoint: str = "", port: int = 0, venv: str | Path | None = None,
+                log_dir: Path | None = None) -> VLLMServer:
+    """A (not yet started) vLLM server for `checkpoint`'s orchestrator directory on CPU."""
+    from services.orchestrator.vllm_backend import vllm_python, vllm_server_command
+    from streamchar.models.bundle import load_orchestrator_decoding
+
+    python = vllm_python(venv)
+    if not python.exists():
+        raise FileNotFoundError(f"no vLLM environment at {python.parent.parent} (make vllm-env creates it)")
+    lm_dir, *_ = load_orchestrator_decoding(checkpoint or None)
+    port = port or free_port()
+    log_dir = log_dir or Path(tempfile.mkdtemp(prefix="streamchar-vllm-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return VLLMServer(f"http://127.0.0.1:{port}", vllm_server_command(python, lm_dir, "127.0.0.1", port),
+                      log_dir / "vllm.log")

@@ -61,17 +61,16 @@ class Pipeline:
         self.renderer_models: RendererModels = load_renderer(config.checkpoint or None, time_base=time_base)
         self.trained = lm_trained and self.renderer_models.trained
         self.store = MemorySessionStore()
-        self._lm_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lm")
         self._render_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
         self.orchestrator = OrchestratorEngine(
             self.store, EmbeddedLMBackend(lm, logit_bias=lm.logit_bias(vocab)), vocab,
-            OrchestratorProtocol(vocab, time_base.frames_per_chunk, config.protocol), self._lm_executor)
+            OrchestratorProtocol(vocab, time_base.frames_per_chunk, config.protocol))
         self.render_engine = RenderEngine(self.renderer_models, config.steps, config.guidance, 1, self._render_executor)
         self.session_renderer = SessionRenderer(self.store, self.render_engine)
 
     async def close(self) -> None:
         await self.render_engine.close()
-        self._lm_executor.shutdown(wait=False)
+        await self.orchestrator.backend.close()
         self._render_executor.shutdown(wait=False)
 
     async def chunks(self, text: str, reference_image: bytes, voice: str = "",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -98,7 +97,7 @@ def engine():
     model, vocab, _ = load_orchestrator()
     store = MemorySessionStore()
     protocol = OrchestratorProtocol(vocab, F, ProtocolConfig())
-    return OrchestratorEngine(store, EmbeddedLMBackend(model), vocab, protocol, ThreadPoolExecutor(1)), store
+    return OrchestratorEngine(store, EmbeddedLMBackend(model), vocab, protocol), store
 
 
 @pytest.mark.asyncio

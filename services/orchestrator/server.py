@@ -12,18 +12,18 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
 import torch
 
-from streamchar.engine.orchestration import Conditions, EmbeddedLMBackend, OrchestratorEngine, Starved
+from services.orchestrator.vllm_backend import VLLMBackend, VLLMConfig
+from streamchar.engine.orchestration import Conditions, EmbeddedLMBackend, LMBackend, OrchestratorEngine, Starved
 from streamchar.engine.protocol import OrchestratorProtocol, ProtocolConfig
 from streamchar.errors import InvalidInput
 from streamchar.grpcutil import RunningServer, build_server, guarded_stream, run_service
 from streamchar.logutil import session_logger
-from streamchar.models.bundle import load_orchestrator
+from streamchar.models.bundle import load_orchestrator, load_orchestrator_decoding
 from streamchar.session import SessionMeta
 from streamchar.state.store import SessionStore, open_store
 from streamchar.telemetry import SESSIONS, incoming_context, record_chunk, setup_tracing, start_metrics, tracer
@@ -31,6 +31,7 @@ from streamchar.timebase import TimeBase
 from streamchar.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 SERVICE = "orchestrator"
+BACKENDS = ("embedded", "vllm")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,10 @@ class OrchestratorConfig:
     store_url: str = "redis://127.0.0.1:6379/0"
     session_ttl_seconds: float = 3600.0
     checkpoint: str = ""
+    # "embedded": the LM in this process; "vllm": a vLLM server (section [vllm]) serving the checkpoint's
+    # orchestrator/ directory.
     backend: str = "embedded"
+    vllm: VLLMConfig = VLLMConfig()
     # Live sessions: after this long without text to speak, silent filler frames keep playback going.
     fill_after_seconds: float = 0.5
     torch_threads: int = 1
@@ -50,8 +54,8 @@ class OrchestratorConfig:
     protocol: ProtocolConfig = ProtocolConfig()
 
     def __post_init__(self) -> None:
-        if self.backend != "embedded":
-            raise ValueError(f"unknown orchestrator backend {self.backend!r} (available: embedded)")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown orchestrator backend {self.backend!r} (available: {', '.join(BACKENDS)})")
 
 
 class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServicer):
@@ -170,11 +174,16 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServicer):
                 allow_fill = True
 
 
-def build_engine(config: OrchestratorConfig, store: SessionStore, time_base: TimeBase,
-                 executor: ThreadPoolExecutor) -> tuple[OrchestratorEngine, bool]:
-    model, vocab, trained = load_orchestrator(config.checkpoint or None)
+def build_engine(config: OrchestratorConfig, store: SessionStore, time_base: TimeBase) -> tuple[OrchestratorEngine, bool]:
+    backend: LMBackend
+    if config.backend == "vllm":
+        _, vocab, logit_bias, trained = load_orchestrator_decoding(config.checkpoint or None)
+        backend = VLLMBackend(config.vllm, logit_bias)
+    else:
+        model, vocab, trained = load_orchestrator(config.checkpoint or None)
+        backend = EmbeddedLMBackend(model, logit_bias=model.logit_bias(vocab))
     protocol = OrchestratorProtocol(vocab, time_base.frames_per_chunk, config.protocol)
-    return OrchestratorEngine(store, EmbeddedLMBackend(model, logit_bias=model.logit_bias(vocab)), vocab, protocol, executor), trained
+    return OrchestratorEngine(store, backend, vocab, protocol), trained
 
 
 async def start(config: OrchestratorConfig) -> RunningServer:
@@ -182,14 +191,14 @@ async def start(config: OrchestratorConfig) -> RunningServer:
     setup_tracing(SERVICE, config.otlp_endpoint)
     start_metrics(config.metrics_port)
     store = open_store(config.store_url, config.session_ttl_seconds)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchestrator-lm")
-    engine, trained = build_engine(config, store, TimeBase(), executor)
-    logging.getLogger(__name__).info("orchestrator LM loaded (%s)", "trained" if trained else "UNTRAINED random init")
+    engine, trained = build_engine(config, store, TimeBase())
+    where = f"served by vLLM at {config.vllm.url}" if config.backend == "vllm" else "embedded"
+    logging.getLogger(__name__).info("orchestrator LM %s (%s)", where, "trained" if trained else "UNTRAINED random init")
     service = OrchestratorService(engine, store, config.fill_after_seconds)
 
     async def close() -> None:
         await store.close()
-        executor.shutdown(wait=False)
+        await engine.backend.close()
 
     return await build_server(
         SERVICE, [orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name], config.address,

@@ -1,14 +1,16 @@
 """Orchestrator engine: transcript text → per-chunk audio conditions, with state in the session store.
 
-Shared by the orchestrator service and the in-process pipeline. The LM runs through a backend
-(`EmbeddedLMBackend` here; a vLLM backend fills the same `step` interface), always on one worker
-thread, so model work of all sessions is serialised through one engine loop and never blocks the
-event loop.
+Shared by the orchestrator service and the in-process pipeline. The LM runs through a backend that
+decodes the protocol's frame runs (`LMBackend.decode`): `EmbeddedLMBackend` here, on one worker
+thread of its own so that model work of all sessions is serialised and never blocks the event loop;
+the vLLM backend (services/orchestrator/vllm_backend.py) sends each run to a vLLM server as one
+streamed request, which vLLM batches with the other sessions' requests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections import OrderedDict
@@ -19,8 +21,16 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from streamchar.engine.protocol import ChunkPlan, OrchestratorProtocol, OrchState, Starved
-from streamchar.errors import FailedPrecondition, StaleWrite
+from streamchar.engine.protocol import (
+    BackendBrokeRun,
+    ChunkPlan,
+    DecodeRequest,
+    OrchestratorProtocol,
+    OrchState,
+    Starved,
+    decode_with_step,
+)
+from streamchar.errors import BackendFailed, FailedPrecondition, StaleWrite
 from streamchar.models.orchestrator_lm import KVCache, OrchestratorLM
 from streamchar.models.vocab import StreamCharVocab
 from streamchar.state.store import SessionStore
@@ -42,10 +52,15 @@ def _cond_field(chunk_index: int) -> str:
 
 
 class LMBackend(Protocol):
-    def step(self, session_id: str, context: list[int], allowed: list[int]) -> int:
-        """Greedy next token of `context`, restricted to `allowed`."""
+    async def decode(self, session_id: str, request: DecodeRequest) -> list[int]:
+        """The greedy tokens of `request.run` after `request.context` (whole frames, at least one).
 
-    def forget(self, session_id: str) -> None: ...
+        Raises Unavailable when the LM cannot be reached; cancelling the call stops its work."""
+
+    def forget(self, session_id: str) -> None:
+        """Drop per-session caches (the session's context was rewritten or it ended)."""
+
+    async def close(self) -> None: ...
 
 
 class EmbeddedLMBackend:
@@ -55,6 +70,7 @@ class EmbeddedLMBackend:
                  logit_bias: dict[int, float] | None = None) -> None:
         """`logit_bias`: token id -> added to its logit before the greedy choice (``model.logit_bias``)."""
         self.model = model.eval()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchestrator-lm")
         self.max_cached_sessions = max_cached_sessions
         self._bias_ids = torch.tensor(sorted(logit_bias or {}), dtype=torch.long)
         self._bias = torch.tensor([(logit_bias or {})[i] for i in self._bias_ids.tolist()], dtype=torch.float32)
@@ -84,8 +100,15 @@ class EmbeddedLMBackend:
             self._caches.popitem(last=False)
         return choice
 
+    async def decode(self, session_id: str, request: DecodeRequest) -> list[int]:
+        step = functools.partial(self.step, session_id)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, decode_with_step, request, step)
+
     def forget(self, session_id: str) -> None:
         self._caches.pop(session_id, None)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False)
 
 
 @dataclass(frozen=True)
@@ -110,12 +133,11 @@ def _int(raw: bytes | None) -> int:
 
 class OrchestratorEngine:
     def __init__(self, store: SessionStore, backend: LMBackend, vocab: StreamCharVocab,
-                 protocol: OrchestratorProtocol, executor: ThreadPoolExecutor) -> None:
+                 protocol: OrchestratorProtocol) -> None:
         self.store = store
         self.backend = backend
         self.vocab = vocab
         self.protocol = protocol
-        self.executor = executor
 
     async def load(self, session_id: str) -> OrchState:
         raw = await self.store.load(session_id, _STATE_FIELDS)
@@ -178,12 +200,15 @@ class OrchestratorEngine:
             raise FailedPrecondition(f"pull for chunk {chunk_index} but the next chunk is {state.next_chunk}")
         if state.done:
             return None
-        loop = asyncio.get_running_loop()
-
-        def step(context: list[int], allowed: list[int]) -> int:
-            return self.backend.step(session_id, context, allowed)
-
-        plan, new = await loop.run_in_executor(self.executor, self.protocol.plan_chunk, state, step, allow_fill)
+        decoding = self.protocol.decode_chunk(state, allow_fill)
+        try:
+            request = next(decoding)
+            while True:
+                request = decoding.send(await self.backend.decode(session_id, request))
+        except StopIteration as done:
+            plan, new = done.value
+        except BackendBrokeRun as e:
+            raise BackendFailed(f"the LM backend broke the decoding protocol: {e}") from None
         cond = Conditions(chunk_index, plan)
         fields = {F_POINTER: str(new.pointer).encode(), F_CONTEXT: np.asarray(new.context, dtype="<u4").tobytes(),
                   F_CONTEXT_TEXT_END: str(new.context_text_end).encode(), F_STALL: str(new.stall).encode(),

@@ -28,9 +28,10 @@ from the store continues the session identically.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
+from streamchar.engine.frames import FrameDecoder, FrameRun
 from streamchar.models.vocab import StreamCharVocab
 
 
@@ -101,8 +102,35 @@ class Starved(Exception):
     """The chunk needs transcript text that has not arrived yet."""
 
 
-# step(context, allowed_ids) -> chosen id: the LM's constrained greedy choice.
+# step(context, allowed_ids) -> chosen id: the LM's constrained greedy choice of one token.
 StepFn = Callable[[list[int], list[int]], int]
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """Decode `run` after `context`: the backend returns the run's tokens (at least one whole frame)."""
+
+    context: list[int]
+    run: FrameRun
+
+
+# Yields DecodeRequests, is sent each one's tokens, returns the chunk's plan and next state.
+ChunkDecoding = Generator[DecodeRequest, list[int], tuple[ChunkPlan, OrchState]]
+
+
+class BackendBrokeRun(Exception):
+    """A backend returned tokens that the frame run does not allow (a misconfigured server)."""
+
+
+def decode_with_step(request: DecodeRequest, step: StepFn) -> list[int]:
+    """A run decoded one `step` call per token (the embedded backend, training replays)."""
+    decoder = FrameDecoder(request.run)
+    context = list(request.context)
+    while not decoder.done:
+        token = step(context, decoder.allowed())
+        decoder.feed(token)
+        context.append(token)
+    return decoder.tokens
 
 
 class OrchestratorProtocol:
@@ -110,16 +138,27 @@ class OrchestratorProtocol:
         self.vocab = vocab
         self.frames_per_chunk = frames_per_chunk
         self.config = config
-        self._unit_choices = [*vocab.unit_ids(), vocab.wait_id]
 
     def start_context(self) -> list[int]:
         return [self.vocab.bos_id]
 
     def plan_chunk(self, state: OrchState, step: StepFn, allow_fill: bool) -> tuple[ChunkPlan, OrchState]:
+        """:meth:`decode_chunk` driven by `step`, one call per token."""
+        decoding = self.decode_chunk(state, allow_fill)
+        try:
+            request = next(decoding)
+            while True:
+                request = decoding.send(decode_with_step(request, step))
+        except StopIteration as done:
+            return done.value
+
+    def decode_chunk(self, state: OrchState, allow_fill: bool) -> ChunkDecoding:
         """Decode one chunk from `state`; returns the plan and the next state (`state` is untouched).
 
-        Raises Starved when a frame has no text to speak and `allow_fill` is False; with
-        `allow_fill` such frames become silent filler frames that do not move the pointer.
+        The LM's frames are asked of the caller as :class:`DecodeRequest` runs, so a backend can
+        decode a run in one request (vLLM) or token by token (:meth:`plan_chunk`); the chunk comes
+        out the same. Raises Starved when a frame has no text to speak and `allow_fill` is False;
+        with `allow_fill` such frames become silent filler frames that do not move the pointer.
         """
         s = OrchState(state.text, state.text_ended, state.pointer, list(state.context),
                       state.context_text_end, state.stall, state.next_chunk, state.done)
@@ -128,7 +167,7 @@ class OrchestratorProtocol:
         start = s.pointer_chars
         units: list[int] = []
         fill = False
-        for _ in range(self.frames_per_chunk):
+        while len(units) < self.frames_per_chunk:
             if s.done:
                 units.append(self.vocab.num_units)
                 continue
@@ -148,20 +187,34 @@ class OrchestratorProtocol:
                 s.context += [self.vocab.adv_id(0), self.vocab.wait_id]
                 units.append(self.vocab.num_units)
                 continue
-            lo = 1 if s.stall >= self.config.max_stall_frames else 0
-            hi = min(self.vocab.max_advance, remaining)
             self._slide(s, 2)
-            adv_token = step(s.context, [self.vocab.adv_id(n) for n in range(lo, hi + 1)])
-            s.context.append(adv_token)
-            unit_token = step(s.context, self._unit_choices)
-            s.context.append(unit_token)
-            advance = self.vocab.advance_of(adv_token)
-            s.pointer += advance
-            s.stall = 0 if advance else s.stall + 1
-            units.append(self.vocab.num_units if unit_token == self.vocab.wait_id else self.vocab.unit_of(unit_token))
+            run = self._run(s, remaining, self.frames_per_chunk - len(units))
+            tokens = yield DecodeRequest(list(s.context), run)
+            try:
+                decoder = FrameDecoder.replay(run, tokens)
+            except ValueError as e:
+                raise BackendBrokeRun(str(e)) from None
+            if not tokens or decoder.frames * 2 != len(tokens):
+                raise BackendBrokeRun(f"a backend returned {len(tokens)} tokens, not whole frames")
+            for adv_token, unit_token in zip(tokens[0::2], tokens[1::2]):
+                s.context += [adv_token, unit_token]
+                s.pointer += self.vocab.advance_of(adv_token)
+                units.append(self.vocab.num_units if unit_token == self.vocab.wait_id
+                             else self.vocab.unit_of(unit_token))
+            s.stall = decoder.stall
         s.next_chunk += 1
         plan = ChunkPlan(units, start, s.pointer_chars, fill, s.done)
         return plan, s
+
+    def _run(self, s: OrchState, remaining: int, frames_left: int) -> FrameRun:
+        """The frames that follow without the protocol acting between them: no text to insert, no
+        slide (the context has room), none past the chunk."""
+        v, c = self.vocab, self.config
+        return FrameRun(
+            frames=min(frames_left, (c.max_context - len(s.context)) // 2), remaining=remaining,
+            refill_below=c.lookahead_bytes if s.context_text_end < len(s.text) else 0,
+            stall=s.stall, max_stall=c.max_stall_frames, max_advance=v.max_advance, adv_zero=v.adv_id(0),
+            unit_first=v.unit_ids().start, unit_end=v.unit_ids().stop, wait_id=v.wait_id, eos_id=v.eos_id)
 
     def _insert_text(self, s: OrchState) -> None:
         if s.context_text_end >= len(s.text) or s.context_text_end - s.pointer >= self.config.lookahead_bytes:

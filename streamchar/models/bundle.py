@@ -98,6 +98,17 @@ def load_orchestrator(directory: str | Path | None = None, preset: str | None = 
     return OrchestratorLM(config).init_weights(INIT_SEED).eval(), vocab, False
 
 
+def load_orchestrator_decoding(directory: str | Path | None = None) -> tuple[Path, StreamCharVocab, dict[int, float], bool]:
+    """(LM directory, vocab, logit bias, trained) of a bundle's orchestrator, without its weights: for a
+    backend that serves them elsewhere (vLLM serves the returned directory)."""
+    root = Path(directory) if directory else default_checkpoint("tiny")
+    lm_dir = root / "orchestrator"
+    if not (lm_dir / "config.json").exists():
+        raise FileNotFoundError(f"no orchestrator checkpoint in {root} (a vLLM backend needs one to serve)")
+    vocab, advance_bias = orchestrator_lm.read_decoding(lm_dir)
+    return lm_dir, vocab, orchestrator_lm.advance_logit_bias(vocab, advance_bias), _trained(root, "orchestrator")
+
+
 def load_renderer(directory: str | Path | None = None, preset: str | None = None,
                   time_base: TimeBase = TimeBase()):  # -> RendererModels (import cycle kept out)
     """The renderer's models from `directory` (default: the shipped bundle), part by part."""

@@ -397,10 +397,7 @@ class OrchestratorLM(nn.Module):
     def from_pretrained(cls, directory: str | Path) -> tuple[OrchestratorLM, StreamCharVocab]:
         """Load a directory written by ``save_pretrained``, in the dtype it was saved in."""
         directory = Path(directory)
-        meta = json.loads((directory / "streamchar.json").read_text(encoding="utf-8"))
-        if meta.get("format_version") != STREAMCHAR_FORMAT_VERSION:
-            raise ValueError(f"unsupported streamchar.json format_version {meta.get('format_version')}")
-        vocab = StreamCharVocab.from_dict(meta["vocab"])
+        vocab, advance_bias = read_decoding(directory)
         # config.json is what vLLM serves, so it is the source of truth for the architecture.
         config = LMConfig.from_hf_config(json.loads((directory / "config.json").read_text(encoding="utf-8")))
         if config.vocab_size != vocab.vocab_size:
@@ -408,14 +405,28 @@ class OrchestratorLM(nn.Module):
         state = load_file(str(directory / "model.safetensors"))
         model = cls(config).to(state["model.embed_tokens.weight"].dtype)
         model.load_state_dict(state, strict=True)
-        model.advance_bias = float(meta.get("decoding", {}).get("advance_bias", 0.0))
+        model.advance_bias = advance_bias
         return model, vocab
 
     def logit_bias(self, vocab: StreamCharVocab) -> dict[int, float]:
         """Token id -> bias the decoder adds to its logit (the advance tokens that move the pointer)."""
-        if not self.advance_bias:
-            return {}
-        return {i: self.advance_bias for i in vocab.adv_ids() if vocab.advance_of(i) > 0}
+        return advance_logit_bias(vocab, self.advance_bias)
+
+
+def read_decoding(directory: str | Path) -> tuple[StreamCharVocab, float]:
+    """(vocab, advance bias) from a checkpoint's ``streamchar.json``: all a backend that serves the
+    weights elsewhere (vLLM) needs of the directory."""
+    meta = json.loads((Path(directory) / "streamchar.json").read_text(encoding="utf-8"))
+    if meta.get("format_version") != STREAMCHAR_FORMAT_VERSION:
+        raise ValueError(f"unsupported streamchar.json format_version {meta.get('format_version')}")
+    return StreamCharVocab.from_dict(meta["vocab"]), float(meta.get("decoding", {}).get("advance_bias", 0.0))
+
+
+def advance_logit_bias(vocab: StreamCharVocab, advance_bias: float) -> dict[int, float]:
+    """The logit bias of an advance bias: added to every advance token that moves the pointer."""
+    if not advance_bias:
+        return {}
+    return {i: advance_bias for i in vocab.adv_ids() if vocab.advance_of(i) > 0}
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -1,0 +1,107 @@
+"""Frame runs: the constraint shared by the protocol, the embedded backend and vLLM's logits processor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.orchestrator.vllm_backend import CONSTRAINT, vllm_server_command
+from streamchar.engine.frames import FrameDecoder, FrameRun
+from streamchar.engine.orchestration import OrchestratorEngine
+from streamchar.engine.protocol import DecodeRequest, OrchestratorProtocol, ProtocolConfig
+from streamchar.errors import BackendFailed
+from streamchar.models.bundle import load_orchestrator_decoding
+from streamchar.models.vocab import StreamCharVocab
+from streamchar.session import SessionMeta
+from streamchar.state.store import MemorySessionStore
+
+VOCAB = StreamCharVocab(num_units=16, max_advance=4)
+
+
+def run(**overrides) -> FrameRun:
+    v = VOCAB
+    fields = dict(frames=8, remaining=10, refill_below=0, stall=0, max_stall=3, max_advance=v.max_advance,
+                  adv_zero=v.adv_id(0), unit_first=v.unit_ids().start, unit_end=v.unit_ids().stop,
+                  wait_id=v.wait_id, eos_id=v.eos_id)
+    return FrameRun(**{**fields, **overrides})
+
+
+def frame(decoder: FrameDecoder, advance: int, unit: int = 0) -> None:
+    decoder.feed(VOCAB.adv_id(advance))
+    decoder.feed(VOCAB.unit_id(unit))
+
+
+def test_run_travels_as_flat_ints_and_bad_args_are_refused():
+    r = run(stall=2, refill_below=5)
+    assert FrameRun.from_args(r.to_args()) == r
+    assert all(type(a) is int for a in r.to_args())
+    for bad in (r.to_args()[:-1], [*r.to_args()[:-1], "x"], [99, *r.to_args()[1:]], "1,2,3", None):
+        with pytest.raises(ValueError):
+            FrameRun.from_args(bad)
+    with pytest.raises(ValueError, match="remaining"):
+        run(remaining=0)
+    with pytest.raises(ValueError, match="control token"):
+        run(wait_id=VOCAB.adv_id(1))
+
+
+def test_decoder_caps_advances_and_forbids_stalling_past_max_stall():
+    d = FrameDecoder(run(remaining=2, stall=2, max_stall=3))
+    assert d.allowed() == [VOCAB.adv_id(n) for n in range(0, 3)]  # capped by the 2 bytes left
+    frame(d, 0)
+    assert d.stall == 3 and VOCAB.adv_id(0) not in d.allowed()  # must move now
+    with pytest.raises(ValueError, match="breaks the frame run"):
+        d.feed(VOCAB.adv_id(0))
+    assert d.allowed() == [VOCAB.adv_id(1), VOCAB.adv_id(2)]
+    d.feed(VOCAB.adv_id(1))
+    assert d.allowed() == [*VOCAB.unit_ids(), VOCAB.wait_id]
+    with pytest.raises(ValueError):
+        d.feed(VOCAB.adv_id(1))  # a unit is due
+
+
+@pytest.mark.parametrize(("overrides", "frames"), [
+    ({"frames": 3}, 3),  # the chunk (or the context's room) ends
+    ({"remaining": 5}, 3),  # nothing left to speak: 2 + 2 + 1 bytes
+    ({"remaining": 9, "refill_below": 6}, 2),  # 9 - 4 = 5 < 6 after two frames: text to insert
+])
+def test_decoder_ends_the_run_where_the_protocol_must_act(overrides, frames):
+    d = FrameDecoder(run(**overrides))
+    for advance in (2, 2, 1, 1, 1, 1, 1, 1):
+        if d.done:
+            break
+        frame(d, min(advance, max(a - VOCAB.adv_id(0) for a in d.allowed())))
+    assert d.done and d.frames == frames and d.allowed() == [] and len(d.tokens) == 2 * frames
+
+
+class BrokenServer:
+    """Test double of a misconfigured vLLM (started without the logits processor): it returns an
+    unconstrained token. A real vLLM always honours the constraint, so this is the only way to get one."""
+
+    async def decode(self, session_id: str, request: DecodeRequest) -> list[int]:
+        return [VOCAB.unit_id(0), VOCAB.unit_id(0)]
+
+    def forget(self, session_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@pytest.mark.asyncio
+async def test_a_backend_breaking_the_run_is_a_readable_error_and_nothing_is_committed():
+    store = MemorySessionStore()
+    engine = OrchestratorEngine(store, BrokenServer(), VOCAB, OrchestratorProtocol(VOCAB, 8, ProtocolConfig()))
+    meta = SessionMeta.new(np.zeros((8, 8, 3), np.uint8))
+    await meta.create(store)
+    await engine.append_text(meta.session_id, "hello", 0)
+    with pytest.raises(BackendFailed, match="broke the decoding protocol"):
+        await engine.try_next(meta.session_id, 0, allow_fill=False)
+    assert (await engine.load(meta.session_id)).next_chunk == 0
+
+
+def test_vllm_is_started_with_the_constraint_and_the_checkpoint_context_length():
+    lm_dir = load_orchestrator_decoding()[0]
+    cpu = vllm_server_command("python", lm_dir, "127.0.0.1", 8000)
+    gpu = vllm_server_command("python", lm_dir, "0.0.0.0", 8000, device="cuda", gpu_memory_utilization=0.25)
+    for command in (cpu, gpu):
+        assert command[command.index("--logits-processors") + 1] == CONSTRAINT
+        assert command[command.index("--max-model-len") + 1] == "1024"
+    assert "--enforce-eager" in cpu and cpu[cpu.index("--dtype") + 1] == "float32"
+    assert gpu[gpu.index("--gpu-memory-utilization") + 1] == "0.25" and "--enforce-eager" not in gpu
