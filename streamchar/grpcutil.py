@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -86,8 +86,17 @@ class RunningServer:
     port: int
     health: health.aio.HealthServicer
     on_stop: Callable[[], Awaitable[None]] | None = None
+    # Tasks of the service that end when it stops (cancelled first, so none sets health meanwhile).
+    background: list[asyncio.Task] = field(default_factory=list)
+
+    async def set_health(self, serving: bool, service_names: Sequence[str]) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in (*service_names, ""):
+            await self.health.set(name, status)
 
     async def stop(self, grace_seconds: float) -> None:
+        for task in self.background:
+            task.cancel()
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace_seconds)
         if self.on_stop is not None:

@@ -19,12 +19,14 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.orchestrator.server import OrchestratorConfig
 from services.orchestrator.server import start as start_orchestrator
 from services.orchestrator.vllm_backend import VLLMBackend, VLLMConfig
+from streamchar.engine.frames import FrameRun
 from streamchar.engine.orchestration import EmbeddedLMBackend, OrchestratorEngine
-from streamchar.engine.protocol import DecodeRequest, OrchestratorProtocol, OrchState, ProtocolConfig, Starved
+from streamchar.engine.protocol import DecodeRequest, OrchestratorProtocol, ProtocolConfig, Starved
 from streamchar.localstack import VLLMServer, free_port, vllm_server
 from streamchar.models.bundle import load_orchestrator, load_orchestrator_decoding
 from streamchar.session import SessionMeta
@@ -206,8 +208,9 @@ async def test_cancelling_a_decode_stops_vllm_generating_for_it(vllm):
     backends = lm_backends(vllm)
     _, vocab, _ = load_orchestrator()
     # A run of 800 tokens, so that one that is not aborted shows in the token count.
-    run = OrchestratorProtocol(vocab, F, ProtocolConfig())._run(
-        OrchState(text=b"x" * 900, context=[vocab.bos_id]), remaining=900, frames_left=400)
+    run = FrameRun(frames=400, remaining=900, refill_below=0, stall=0, max_stall=40, max_advance=vocab.max_advance,
+                   adv_zero=vocab.adv_id(0), unit_first=vocab.unit_ids().start, unit_end=vocab.unit_ids().stop,
+                   wait_id=vocab.wait_id, eos_id=vocab.eos_id)
     context = [vocab.bos_id, vocab.text_id, *b"hello there " * 8, vocab.speak_id]
     generated, finished = metric(vllm, "vllm:generation_tokens_total"), finished_requests(vllm)
     try:
@@ -249,22 +252,48 @@ async def test_cancelling_a_session_mid_utterance_aborts_its_vllm_request(vllm, 
         await served.stop(0)
 
 
+async def health(port: int) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return (await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)).status
+
+
+async def wait_health(port: int, status: int, timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await health(port) != status:
+        assert asyncio.get_running_loop().time() < deadline, f"orchestrator health never became {status}"
+        await asyncio.sleep(0.2)
+
+
 @pytest.mark.asyncio
-async def test_vllm_down_or_dying_gives_unavailable_and_sessions_continue_once_it_is_back(vllm, redis_server):
+async def test_vllm_down_or_dying_gives_unavailable_and_sessions_continue_once_it_is_back(vllm, redis_server,
+                                                                                         character_png):
     """Runs last in this module: it kills the module's vLLM server and starts it again."""
+    from services.gateway.server import GatewayConfig
+    from services.gateway.server import start as start_gateway
+    from services.renderer.server import RendererConfig
+    from services.renderer.server import start as start_renderer
+    from streamchar.client import AsyncClient, Unavailable
+
     down = await start_orchestrator(OrchestratorConfig(
         address="127.0.0.1:0", store_url=redis_server.url, backend="vllm",
-        vllm=VLLMConfig(url=f"http://127.0.0.1:{free_port()}")))
+        vllm=VLLMConfig(url=f"http://127.0.0.1:{free_port()}", health_interval_seconds=0.2)))
     try:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await orchestrate(down.port, await new_session(redis_server.url), TRANSCRIPTS[0])
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "vLLM server at http://127.0.0.1:" in err.value.details()
+        await wait_health(down.port, health_pb2.HealthCheckResponse.NOT_SERVING)
     finally:
         await down.stop(0)
 
     embedded = await start_orchestrator(OrchestratorConfig(address="127.0.0.1:0", store_url=redis_server.url))
-    served = await start_orchestrator(OrchestratorConfig(address="127.0.0.1:0", store_url=redis_server.url,
-                                                         backend="vllm", vllm=VLLMConfig(url=vllm.url)))
+    served = await start_orchestrator(OrchestratorConfig(
+        address="127.0.0.1:0", store_url=redis_server.url, backend="vllm",
+        vllm=VLLMConfig(url=vllm.url, health_interval_seconds=0.2)))
+    renderer = await start_renderer(RendererConfig(address="127.0.0.1:0", store_url=redis_server.url,
+                                                   orchestrator_address=f"127.0.0.1:{served.port}"))
+    gateway = await start_gateway(GatewayConfig(address="127.0.0.1:0", store_url=redis_server.url,
+                                                renderer_address=f"127.0.0.1:{renderer.port}", renderer_retries=2,
+                                                renderer_retry_seconds=0.2))
     try:
         text = TRANSCRIPTS[2]
         expected = await orchestrate(embedded.port, await new_session(redis_server.url), text)
@@ -278,13 +307,21 @@ async def test_vllm_down_or_dying_gives_unavailable_and_sessions_continue_once_i
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await pending
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "vLLM server" in err.value.details()
+        await wait_health(served.port, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # A client of the whole stack gets UNAVAILABLE too, saying why, once the gateway's retries are spent.
+        async with AsyncClient(f"127.0.0.1:{gateway.port}") as client:
+            with pytest.raises(Unavailable, match="vLLM server at http://127.0.0.1:"):
+                await client.speak("Is anybody there?", reference_image=character_png)
         vllm.start()
+        await wait_health(served.port, health_pb2.HealthCheckResponse.SERVING)
         rest = await orchestrate(served.port, sid, None)
         assert first + rest == expected, "after vLLM is back the session continues where it was, nothing lost"
         assert [c[0] for c in first + rest] == list(range(len(expected)))
+        async with AsyncClient(f"127.0.0.1:{gateway.port}") as client:
+            result = await client.speak("Back again.", reference_image=character_png)
+        assert len(result.chunk_indices) > 1 and result.media
     finally:
         if vllm.process is None or vllm.process.poll() is not None:
             vllm.start()  # whatever failed, the server is left running
-        await embedded.stop(0)
-        await served.stop(0)
-
+        for running in (gateway, renderer, embedded, served):
+            await running.stop(0)

@@ -200,9 +200,28 @@ async def start(config: OrchestratorConfig) -> RunningServer:
         await store.close()
         await engine.backend.close()
 
-    return await build_server(
-        SERVICE, [orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name], config.address,
-        lambda s: orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(service, s), close)
+    names = [orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name]
+    running = await build_server(SERVICE, names, config.address,
+                                 lambda s: orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(service, s), close)
+    if isinstance(engine.backend, VLLMBackend):
+        running.background.append(asyncio.create_task(
+            _follow_vllm(engine.backend, running, names, config.vllm.health_interval_seconds)))
+    return running
+
+
+async def _follow_vllm(backend: VLLMBackend, running: RunningServer, names: list[str], interval: float) -> None:
+    """Health follows the vLLM server: NOT_SERVING while it cannot be reached, so that readiness
+    probes route sessions elsewhere (or nowhere) until it is back."""
+    log = logging.getLogger(__name__)
+    serving = True
+    while True:
+        up = await backend.reachable()
+        if up != serving:
+            serving = up
+            await running.set_health(up, names)
+            log.warning("vLLM server at %s %s: health %s", backend.config.url, "is back" if up else "unreachable",
+                        "SERVING" if up else "NOT_SERVING")
+        await asyncio.sleep(interval)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,6 +39,8 @@ class VLLMConfig:
     connect_timeout_seconds: float = 2.0
     # Longest wait for the next streamed token before the server counts as stalled.
     read_timeout_seconds: float = 30.0
+    # How often the orchestrator checks that vLLM answers (its gRPC health follows).
+    health_interval_seconds: float = 2.0
 
 
 class VLLMBackend:
@@ -68,6 +70,13 @@ class VLLMBackend:
             raise BackendFailed(f"vLLM server at {self.config.url} serves {models}; set the model to serve")
         self._model = models[0]
         return self._model
+
+    async def reachable(self) -> bool:
+        """vLLM answers its health endpoint."""
+        try:
+            return (await self._client.get("/health", timeout=self.config.connect_timeout_seconds)).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     async def decode(self, session_id: str, request: DecodeRequest) -> list[int]:
         run = request.run
