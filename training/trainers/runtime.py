@@ -18,8 +18,9 @@ and a loss function; :class:`Trainer` does the rest:
   holds ``state.pt`` (model, optimiser, scheduler, step, loss history; loaded with
   ``weights_only=True``) and ``config.json``; ``latest`` names the newest. A run restarted with the
   same ``out`` resumes from it. Writes are atomic (temp dir + rename).
-* **warm start**: ``init_from`` (a run directory or a ``step-N`` checkpoint) initialises a NEW run's
-  model from another run's weights (:func:`warm_start`), e.g. after the unit inventory changed:
+* **warm start**: ``init_from`` (a run directory, a ``step-N`` checkpoint or an exported model directory)
+  initialises a NEW run's model from other weights (:func:`warm_start`), e.g. after the unit inventory
+  changed, or to train a shipped model further:
   tensors of equal shape are copied, tables that differ only in their row count (token embeddings,
   output heads) get their leading rows copied, anything else keeps its fresh initialisation. The
   optimiser, schedule and step start afresh; a run that has checkpoints of its own resumes instead.
@@ -43,6 +44,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from streamchar.config import ConfigError, load_config
@@ -159,12 +161,20 @@ def checkpoint_state(path: str | Path) -> Path:
 
 @torch.no_grad()
 def warm_start(model: nn.Module, source: str | Path) -> dict[str, list[str]]:
-    """Copy the weights of `source` (see :func:`checkpoint_state`) into `model` where they fit: equal
-    shapes whole, tables differing only in dim 0 by their leading rows. Returns the names per outcome."""
-    saved = torch.load(checkpoint_state(source), map_location="cpu", weights_only=True)["model"]
+    """Copy the weights of `source` (see :func:`checkpoint_state`, or an exported model directory with
+    ``model.safetensors``, e.g. a shipped bundle's ``dit/``) into `model` where they fit: equal shapes
+    whole, tables differing only in dim 0 by their leading rows. Returns the names per outcome."""
+    export = Path(source) / "model.safetensors"
+    if export.exists():
+        saved = load_file(str(export))
+    else:
+        saved = torch.load(checkpoint_state(source), map_location="cpu", weights_only=True)["model"]
     report: dict[str, list[str]] = {"copied": [], "leading_rows": [], "fresh": []}
     for name, tensor in model.state_dict().items():
         old = saved.get(name)
+        if old is None and export.exists():
+            # An export holds the bare model; a trainer may wrap it (EMADiT: as ``dit.`` and ``ema.``).
+            old = saved.get(name.split(".", 1)[-1])
         if old is not None and old.shape == tensor.shape:
             tensor.copy_(old)
             report["copied"].append(name)
