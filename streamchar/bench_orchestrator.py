@@ -9,7 +9,9 @@ same machine load; figures are medians over rounds.
 
 - time to first condition: from sending the text and the first pull to that chunk's conditions;
 - tokens/s: LM tokens decoded (two per video frame) per second of the round, all sessions together;
-  real time needs 2 x 25 = 50 tokens/s per session.
+  real time needs 2 x 25 = 50 tokens/s per session;
+- identical: sessions of the vLLM backend whose units and pointers equal the embedded backend's (all
+  sessions speak the same text, so with greedy decoding all should, batched by vLLM or not).
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ TB = TimeBase()
 BACKENDS = ("embedded", "vllm")
 
 
-async def one_session(address: str, store_url: str, text: str) -> tuple[float, int, float, float]:
-    """(seconds to first conditions, frames, start, end) of one session, pulled chunk after chunk."""
+async def one_session(address: str, store_url: str, text: str) -> tuple[float, int, float, float, list[tuple]]:
+    """(seconds to first conditions, frames, start, end, conditions) of one session, pulled chunk after chunk."""
     store = RedisSessionStore(store_url, 600)
     meta = SessionMeta.new(np.zeros((8, 8, 3), np.uint8))
     await meta.create(store)
@@ -50,25 +52,27 @@ async def one_session(address: str, store_url: str, text: str) -> tuple[float, i
         start = time.perf_counter()
         await call.write(orchestrator_pb2.OrchestrateRequest(text={"text": text, "offset": 0}))
         await call.write(orchestrator_pb2.OrchestrateRequest(end_of_text={}))
-        first, chunks = 0.0, 0
+        first, conditions = 0.0, []
         while True:
-            await call.write(orchestrator_pb2.OrchestrateRequest(pull=orchestrator_pb2.Pull(chunk_index=chunks)))
+            await call.write(orchestrator_pb2.OrchestrateRequest(pull=orchestrator_pb2.Pull(chunk_index=len(conditions))))
             response = await call.read()
             if response.WhichOneof("event") != "conditions":
                 break
-            if chunks == 0:
+            if not conditions:
                 first = time.perf_counter() - start
-            chunks += 1
+            c = response.conditions
+            conditions.append((tuple(c.units), c.pointer_start, c.pointer_end))
         end = time.perf_counter()
         call.cancel()
-    return first, chunks * TB.frames_per_chunk, start, end
+    return first, len(conditions) * TB.frames_per_chunk, start, end, conditions
 
 
-async def one_round(address: str, store_url: str, text: str, sessions: int) -> tuple[float, float]:
-    """(median time to first condition, tokens/s of all sessions) of `sessions` concurrent sessions."""
+async def one_round(address: str, store_url: str, text: str, sessions: int) -> tuple[float, float, list[list[tuple]]]:
+    """(median time to first condition, tokens/s of all sessions, each session's conditions) of `sessions`
+    concurrent sessions."""
     results = await asyncio.gather(*(one_session(address, store_url, text) for _ in range(sessions)))
     wall = max(r[3] for r in results) - min(r[2] for r in results)
-    return statistics.median(r[0] for r in results), 2 * sum(r[1] for r in results) / wall
+    return statistics.median(r[0] for r in results), 2 * sum(r[1] for r in results) / wall, [r[4] for r in results]
 
 
 def run_bench_orchestrator(args: argparse.Namespace) -> int:
@@ -114,16 +118,24 @@ def run_bench_orchestrator(args: argparse.Namespace) -> int:
 async def _measure(addresses: dict[str, str], store_url: str,
                    args: argparse.Namespace) -> dict[tuple[str, int], tuple[float, float]]:
     table = {}
+    reference: list[tuple] | None = None
     for sessions in args.sessions:
         rounds: dict[str, list[tuple[float, float]]] = {b: [] for b in BACKENDS}
+        identical, compared = 0, 0
         for i in range(args.rounds + 1):
             for backend in BACKENDS:
-                result = await one_round(addresses[backend], store_url, args.text, sessions)
+                ttfc, tps, outputs = await one_round(addresses[backend], store_url, args.text, sessions)
+                if backend == "embedded":
+                    reference = reference or outputs[0]
+                else:
+                    identical += sum(out == reference for out in outputs)
+                    compared += len(outputs)
                 if i:  # round 0 warms up
-                    rounds[backend].append(result)
+                    rounds[backend].append((ttfc, tps))
         for backend in BACKENDS:
             table[(backend, sessions)] = (statistics.median(r[0] for r in rounds[backend]),
                                           statistics.median(r[1] for r in rounds[backend]))
             print(f"  {backend:<8} {sessions} session(s): " + ", ".join(
                 f"{ttfc * 1000:.0f} ms / {tps:.0f} tok/s" for ttfc, tps in rounds[backend]), flush=True)
+        print(f"  identical: {identical}/{compared} vLLM sessions equal the embedded decode", flush=True)
     return table
