@@ -42,6 +42,8 @@ def test_run_travels_as_flat_ints_and_bad_args_are_refused():
         run(remaining=0)
     with pytest.raises(ValueError, match="control token"):
         run(wait_id=VOCAB.adv_id(1))
+    with pytest.raises(ValueError, match=">= 0"):
+        run(adv_zero=-3)
 
 
 def test_decoder_caps_advances_and_forbids_stalling_past_max_stall():

@@ -176,13 +176,20 @@ async def test_orchestrator_service_on_vllm_matches_the_embedded_service(vllm, r
 
 @pytest.mark.asyncio
 async def test_bad_run_arguments_get_http_400_and_vllm_keeps_serving(vllm):
+    """Nothing an orchestrator sends stops the vLLM server."""
     body = {"model": "streamchar-orchestrator", "prompt": [257, 259, 72, 260], "max_tokens": 2,
             "temperature": 0.0, "vllm_xargs": {"streamchar_run": [1, 2, 3]}}
     async with httpx.AsyncClient(base_url=vllm.url, timeout=30) as client:
         bad = await client.post("/v1/completions", json=body)
         assert bad.status_code == 400 and "frame run" in bad.text
-        ok = await client.post("/v1/completions", json={**body, "vllm_xargs": {}})
-        assert ok.status_code == 200 and len(ok.json()["choices"][0]["text"]) >= 0
+        # A well-formed run for a larger vocabulary than the one served (a checkpoint mismatch)
+        foreign = FrameRun(frames=1, remaining=4, refill_below=0, stall=0, max_stall=40, max_advance=8,
+                           adv_zero=5000, unit_first=6000, unit_end=6010, wait_id=7000, eos_id=7001)
+        other = await client.post("/v1/completions", json={**body, "vllm_xargs": {"streamchar_run": foreign.to_args()},
+                                                           "return_token_ids": True})
+        assert other.status_code == 200 and len(other.json()["choices"][0]["token_ids"]) == 2
+        ok = await client.post("/v1/completions", json={**body, "vllm_xargs": {}, "return_token_ids": True})
+        assert ok.status_code == 200 and len(ok.json()["choices"][0]["token_ids"]) == 2
 
 
 def finished_requests(server: VLLMServer) -> float:

@@ -45,6 +45,11 @@ class FrameRunConstraint(AdapterLogitsProcessor):
                 # Cannot happen while this processor masks every step; ending the request lets the
                 # client report the broken run instead of an exception stopping vLLM's engine.
                 allowed = [run.eos_id]
+            allowed = [i for i in allowed if i < logits.shape[-1]]
+            if not allowed:
+                # A run for another vocabulary (the orchestrator's checkpoint is not the one served):
+                # unconstrained tokens break the run, and the client says so; vLLM keeps serving.
+                return logits
             index = torch.tensor(allowed, dtype=torch.long, device=logits.device)
             masked = torch.full_like(logits, float("-inf"))
             masked[index] = logits[index]

@@ -38,6 +38,8 @@ class FrameRun:
             raise ValueError(f"a frame run needs frames >= 1 and remaining >= 1, got {self.frames}, {self.remaining}")
         if min(self.refill_below, self.stall, self.max_stall - 1, self.max_advance - 1) < 0:
             raise ValueError("refill_below and stall must be >= 0, max_stall and max_advance >= 1")
+        if min(self.adv_zero, self.unit_first, self.wait_id, self.eos_id) < 0:
+            raise ValueError("token ids must be >= 0")
         if self.unit_end <= self.unit_first:
             raise ValueError("empty unit id range")
         adv = range(self.adv_zero, self.adv_zero + self.max_advance + 1)
