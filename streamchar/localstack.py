@@ -142,7 +142,7 @@ class VLLMServer:
     process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 300.0) -> VLLMServer:
-        """Start the server; returns once it lists its model (about 40 s on a 2-core CPU)."""
+        """Start the server; returns once it lists its model (about 20 s on the 2-core CPU here)."""
         import httpx
 
         with open(self.log_path, "ab") as out:

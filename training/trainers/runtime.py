@@ -71,7 +71,7 @@ class RunConfig:
     threads: int = 0  # torch threads per rank; 0: cores / ranks
     backend: str = ""  # "": nccl with CUDA, else gloo
     progress: bool = True
-    init_from: str = ""  # warm start a new run from this run directory or step-N checkpoint
+    init_from: str = ""  # warm start a new run from a run directory, step-N checkpoint or export
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -165,14 +165,15 @@ def warm_start(model: nn.Module, source: str | Path) -> dict[str, list[str]]:
     ``model.safetensors``, e.g. a shipped bundle's ``dit/``) into `model` where they fit: equal shapes
     whole, tables differing only in dim 0 by their leading rows. Returns the names per outcome."""
     export = Path(source) / "model.safetensors"
-    if export.exists():
+    is_export = export.exists()
+    if is_export:
         saved = load_file(str(export))
     else:
         saved = torch.load(checkpoint_state(source), map_location="cpu", weights_only=True)["model"]
     report: dict[str, list[str]] = {"copied": [], "leading_rows": [], "fresh": []}
     for name, tensor in model.state_dict().items():
         old = saved.get(name)
-        if old is None and export.exists():
+        if old is None and is_export:
             # An export holds the bare model; a trainer may wrap it (EMADiT: as ``dit.`` and ``ema.``).
             old = saved.get(name.split(".", 1)[-1])
         if old is not None and old.shape == tensor.shape:
