@@ -20,7 +20,7 @@ VOCAB = StreamCharVocab(num_units=16, max_advance=4)
 
 def run(**overrides) -> FrameRun:
     v = VOCAB
-    fields = dict(frames=8, remaining=10, refill_below=0, stall=0, max_stall=3, max_advance=v.max_advance,
+    fields = dict(frames=8, text=b"0123456789", refill_below=0, stall=0, max_stall=3, max_advance=v.max_advance,
                   adv_zero=v.adv_id(0), unit_first=v.unit_ids().start, unit_end=v.unit_ids().stop,
                   wait_id=v.wait_id, eos_id=v.eos_id)
     return FrameRun(**{**fields, **overrides})
@@ -28,6 +28,8 @@ def run(**overrides) -> FrameRun:
 
 def frame(decoder: FrameDecoder, advance: int, unit: int = 0) -> None:
     decoder.feed(VOCAB.adv_id(advance))
+    while decoder.forced:
+        decoder.feed(decoder.allowed()[0])
     decoder.feed(VOCAB.unit_id(unit))
 
 
@@ -35,19 +37,26 @@ def test_run_travels_as_flat_ints_and_bad_args_are_refused():
     r = run(stall=2, refill_below=5)
     assert FrameRun.from_args(r.to_args()) == r
     assert all(type(a) is int for a in r.to_args())
-    for bad in (r.to_args()[:-1], [*r.to_args()[:-1], "x"], [99, *r.to_args()[1:]], "1,2,3", None):
+    head = r.to_args()[:-len(r.text)]  # the format and the int fields
+    assert r.to_args()[len(head):] == list(r.text)
+    for bad in (head, [*r.to_args()[:-1], "x"], [99, *r.to_args()[1:]], "1,2,3", None):
         with pytest.raises(ValueError):
             FrameRun.from_args(bad)
-    with pytest.raises(ValueError, match="remaining"):
-        run(remaining=0)
+    with pytest.raises(ValueError, match="text to speak"):
+        run(text=b"")
+    with pytest.raises(ValueError, match="bytes 0..255"):
+        FrameRun.from_args([*r.to_args(), 256])
+    assert FrameRun.from_args(run(text="héllo".encode()).to_args()).text == "héllo".encode()
     with pytest.raises(ValueError, match="control token"):
         run(wait_id=VOCAB.adv_id(1))
-    with pytest.raises(ValueError, match=">= 0"):
+    with pytest.raises(ValueError, match=">= 256"):
         run(adv_zero=-3)
+    with pytest.raises(ValueError, match=">= 256"):
+        run(wait_id=65)  # a byte
 
 
 def test_decoder_caps_advances_and_forbids_stalling_past_max_stall():
-    d = FrameDecoder(run(remaining=2, stall=2, max_stall=3))
+    d = FrameDecoder(run(text=b"ab", stall=2, max_stall=3))
     assert d.allowed() == [VOCAB.adv_id(n) for n in range(0, 3)]  # capped by the 2 bytes left
     frame(d, 0)
     assert d.stall == 3 and VOCAB.adv_id(0) not in d.allowed()  # must move now
@@ -55,15 +64,39 @@ def test_decoder_caps_advances_and_forbids_stalling_past_max_stall():
         d.feed(VOCAB.adv_id(0))
     assert d.allowed() == [VOCAB.adv_id(1), VOCAB.adv_id(2)]
     d.feed(VOCAB.adv_id(1))
+    d.feed(ord("a"))  # the echo
     assert d.allowed() == [*VOCAB.unit_ids(), VOCAB.wait_id]
     with pytest.raises(ValueError):
         d.feed(VOCAB.adv_id(1))  # a unit is due
 
 
+def test_each_advance_echoes_the_bytes_it_passes_and_the_lm_never_chooses_them():
+    d = FrameDecoder(run(text=b"hi there"))
+    d.feed(VOCAB.adv_id(3))
+    assert d.forced and d.allowed() == [ord("h")]
+    with pytest.raises(ValueError, match="breaks the frame run"):
+        d.feed(ord("x"))  # not the transcript's byte
+    d.feed(ord("h"))
+    d.feed(ord("i"))
+    assert d.allowed() == [ord(" ")]
+    with pytest.raises(ValueError):
+        d.feed(VOCAB.unit_id(0))  # the echo is not finished
+    d.feed(ord(" "))
+    assert not d.forced and d.allowed() == [*VOCAB.unit_ids(), VOCAB.wait_id]
+    d.feed(VOCAB.unit_id(5))
+    frame(d, 0, 6)
+    frame(d, 4, 7)
+    assert d.remaining == 1 and d.frames == 3
+    assert d.frame_tokens == [[VOCAB.adv_id(3), *b"hi ", VOCAB.unit_id(5)], [VOCAB.adv_id(0), VOCAB.unit_id(6)],
+                              [VOCAB.adv_id(4), *b"ther", VOCAB.unit_id(7)]]
+    assert d.tokens == [t for f in d.frame_tokens for t in f]
+    assert len(d.tokens) <= run(text=b"hi there", frames=3).max_tokens()
+
+
 @pytest.mark.parametrize(("overrides", "frames"), [
     ({"frames": 3}, 3),  # the chunk (or the context's room) ends
-    ({"remaining": 5}, 3),  # nothing left to speak: 2 + 2 + 1 bytes
-    ({"remaining": 9, "refill_below": 6}, 2),  # 9 - 4 = 5 < 6 after two frames: text to insert
+    ({"text": b"abcde"}, 3),  # nothing left to speak: 2 + 2 + 1 bytes
+    ({"text": b"abcdefghi", "refill_below": 6}, 2),  # 9 - 4 = 5 < 6 after two frames: text to insert
 ])
 def test_decoder_ends_the_run_where_the_protocol_must_act(overrides, frames):
     d = FrameDecoder(run(**overrides))
@@ -71,7 +104,8 @@ def test_decoder_ends_the_run_where_the_protocol_must_act(overrides, frames):
         if d.done:
             break
         frame(d, min(advance, max(a - VOCAB.adv_id(0) for a in d.allowed())))
-    assert d.done and d.frames == frames and d.allowed() == [] and len(d.tokens) == 2 * frames
+    assert d.done and d.frames == frames and d.allowed() == []
+    assert len(d.tokens) == 2 * frames + (d.run.remaining - d.remaining) <= d.run.max_tokens()
 
 
 class BrokenServer:

@@ -7,7 +7,14 @@ import random
 import pytest
 
 from streamchar.engine.orchestration import EmbeddedLMBackend, OrchestratorEngine
-from streamchar.engine.protocol import OrchestratorProtocol, OrchState, ProtocolConfig, Starved, utf8_chars
+from streamchar.engine.protocol import (
+    OrchestratorProtocol,
+    OrchState,
+    ProtocolConfig,
+    Starved,
+    _last_frames,
+    utf8_chars,
+)
 from streamchar.errors import FailedPrecondition
 from streamchar.models.bundle import load_orchestrator
 from streamchar.models.vocab import StreamCharVocab
@@ -28,7 +35,17 @@ def run(protocol, state, step, allow_fill=False, limit=10_000):
     while not state.done and len(plans) < limit:
         plan, state = protocol.plan_chunk(state, step, allow_fill)
         plans.append(plan)
+        assert_echoes(state)
     return plans, state
+
+
+def assert_echoes(state: OrchState) -> None:
+    """Every frame in the context echoes the bytes its advance passed: together, the text just behind
+    the pointer."""
+    frames = _last_frames(state.context, VOCAB, 10**6, 10**6)
+    echoed = bytes(t for t in frames if t < 256)
+    assert state.text[state.pointer - len(echoed):state.pointer] == echoed
+    assert sum(VOCAB.advance_of(t) for t in frames if VOCAB.is_adv(t)) == len(echoed)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -43,7 +60,7 @@ def test_pointer_is_monotonic_and_reaches_the_end(seed):
     assert all(p.pointer_start == q.pointer_end for q, p in zip(plans, plans[1:]))
     assert all(len(p.units) == F and all(0 <= u <= VOCAB.num_units for u in p.units) for p in plans)
     # the context slid (the text is far longer than it) and stayed bounded
-    assert len(state.context) <= 256
+    assert len(state.context) <= 256 and state.context[:2] == [VOCAB.bos_id, VOCAB.text_id]
 
 
 def test_pointer_never_passes_text_not_received_and_starves():

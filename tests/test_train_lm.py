@@ -39,7 +39,7 @@ from training.trainers.lm import LMModelConfig, main
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = LMModelConfig().vocab()  # as many units as the shipped unit tokenizer
 # Small context and lookahead so that the replays slide and insert text many times.
-SMALL = ProtocolConfig(lookahead_bytes=4, max_context=96, keep_frames=8, keep_text_behind=4, max_stall_frames=12)
+SMALL = ProtocolConfig(lookahead_bytes=4, max_context=112, keep_frames=8, keep_text_behind=4, max_stall_frames=12)
 TINY_LM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
            "num_key_value_heads": 1}
 

@@ -183,7 +183,7 @@ async def test_bad_run_arguments_get_http_400_and_vllm_keeps_serving(vllm):
         bad = await client.post("/v1/completions", json=body)
         assert bad.status_code == 400 and "frame run" in bad.text
         # A well-formed run for a larger vocabulary than the one served (a checkpoint mismatch)
-        foreign = FrameRun(frames=1, remaining=4, refill_below=0, stall=0, max_stall=40, max_advance=8,
+        foreign = FrameRun(frames=1, text=b"abcd", refill_below=0, stall=0, max_stall=40, max_advance=8,
                            adv_zero=5000, unit_first=6000, unit_end=6010, wait_id=7000, eos_id=7001)
         other = await client.post("/v1/completions", json={**body, "vllm_xargs": {"streamchar_run": foreign.to_args()},
                                                            "return_token_ids": True})
@@ -214,8 +214,9 @@ def frozen(server: VLLMServer) -> Iterator[None]:
 async def test_cancelling_a_decode_stops_vllm_generating_for_it(vllm):
     backends = lm_backends(vllm)
     _, vocab, _ = load_orchestrator()
-    # A run of 800 tokens, so that one that is not aborted shows in the token count.
-    run = FrameRun(frames=400, remaining=900, refill_below=0, stall=0, max_stall=40, max_advance=vocab.max_advance,
+    # A run of up to 900 tokens (300 frames, 300 echoed bytes), so that one that is not aborted shows in
+    # the token count.
+    run = FrameRun(frames=300, text=(b"hello there " * 25)[:300], refill_below=0, stall=0, max_stall=40, max_advance=vocab.max_advance,
                    adv_zero=vocab.adv_id(0), unit_first=vocab.unit_ids().start, unit_end=vocab.unit_ids().stop,
                    wait_id=vocab.wait_id, eos_id=vocab.eos_id)
     context = [vocab.bos_id, vocab.text_id, *b"hello there " * 8, vocab.speak_id]
@@ -227,7 +228,7 @@ async def test_cancelling_a_decode_stops_vllm_generating_for_it(vllm):
             assert not task.done()
             task.cancel()
             await asyncio.sleep(1.5)  # the API server sees the closed stream and queues the abort
-        await asyncio.sleep(3.0)  # the 800 tokens take about a second had the request not been aborted
+        await asyncio.sleep(3.0)  # the 900 tokens take about a second had the request not been aborted
         assert finished_requests(vllm) == finished, "the request ran to its end"
         assert metric(vllm, "vllm:generation_tokens_total") - generated < 2 * F
     finally:

@@ -1,28 +1,33 @@
 """Frame runs: the frames an LM backend decodes in one request, and the rule every token obeys.
 
 The orchestrator protocol (protocol.py) hands a backend a context and a :class:`FrameRun`: decode up
-to ``frames`` frames of ``<adv_n>`` + unit, each under the protocol's constraints, stopping early
-where the protocol must act between frames (text to insert, nothing left to speak). A
-:class:`FrameDecoder` follows one run token by token: which ids are allowed next, when the run is
-over. The embedded backend asks it at every step; inside a vLLM server, the logits processor
-``services/orchestrator/vllm_constraint.py`` asks it for every row of the batch, so the constraint is
-this one piece of code wherever decoding happens.
+to ``frames`` frames, each under the protocol's constraints, stopping early where the protocol must
+act between frames (text to insert, nothing left to speak). A frame is ``<adv_n>``, then the n
+transcript bytes the pointer passes (the *echo*: forced, the LM never chooses them), then a unit
+token or ``<wait>``. The echo puts the word being spoken next to the unit decisions, where a small LM
+reads it, instead of somewhere back in the text segment at an offset the LM would have to count.
 
-Standard library only: the vLLM server imports this module without the rest of StreamChar.
+A :class:`FrameDecoder` follows one run token by token: which ids are allowed next (one, when the
+next token is forced), when the run is over. The embedded backend asks it at every step; inside a
+vLLM server, the logits processor ``services/orchestrator/vllm_constraint.py`` asks it for every row
+of the batch, so the constraint is this one piece of code wherever decoding happens.
+
+Byte tokens are ids 0..255 (streamchar/models/vocab.py). Standard library only: the vLLM server
+imports this module without the rest of StreamChar.
 """
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 
-RUN_FORMAT = 1  # first element of FrameRun.to_args; bump when the fields change
+RUN_FORMAT = 2  # first element of FrameRun.to_args; bump when the fields change (2: echo bytes)
 VLLM_ARG = "streamchar_run"  # the vllm_xargs key a run travels under
+NUM_BYTES = 256  # byte token b has id b
 
 
 @dataclass(frozen=True)
 class FrameRun:
     frames: int  # at most this many frames
-    remaining: int  # transcript bytes in the context that the pointer has not passed yet
     refill_below: int  # end after a frame that leaves fewer bytes than this (the protocol inserts text); 0: never
     stall: int  # frames since the pointer last moved, before the run
     max_stall: int  # from this many stalled frames on, advance 0 is not allowed
@@ -32,14 +37,16 @@ class FrameRun:
     unit_end: int
     wait_id: int
     eos_id: int  # a vLLM request ends on it once the run is over; never part of a run's tokens
+    text: bytes  # the transcript bytes in the context that the pointer has not passed yet: echoed as passed
 
     def __post_init__(self) -> None:
-        if self.frames < 1 or self.remaining < 1:
-            raise ValueError(f"a frame run needs frames >= 1 and remaining >= 1, got {self.frames}, {self.remaining}")
+        if self.frames < 1 or not self.text:
+            raise ValueError(f"a frame run needs frames >= 1 and text to speak, got {self.frames} frames, "
+                             f"{len(self.text)} bytes")
         if min(self.refill_below, self.stall, self.max_stall - 1, self.max_advance - 1) < 0:
             raise ValueError("refill_below and stall must be >= 0, max_stall and max_advance >= 1")
-        if min(self.adv_zero, self.unit_first, self.wait_id, self.eos_id) < 0:
-            raise ValueError("token ids must be >= 0")
+        if min(self.adv_zero, self.unit_first, self.wait_id, self.eos_id) < NUM_BYTES:
+            raise ValueError(f"control, advance and unit ids must be >= {NUM_BYTES} (ids below are bytes)")
         if self.unit_end <= self.unit_first:
             raise ValueError("empty unit id range")
         adv = range(self.adv_zero, self.adv_zero + self.max_advance + 1)
@@ -50,23 +57,34 @@ class FrameRun:
         if set(adv) & set(units):
             raise ValueError("advance and unit ids overlap")
 
+    @property
+    def remaining(self) -> int:
+        return len(self.text)
+
     def to_args(self) -> list[int]:
-        """Flat ints, as vLLM's ``vllm_xargs`` carries them."""
-        return [RUN_FORMAT, *astuple(self)]
+        """Flat ints, as vLLM's ``vllm_xargs`` carries them: the format, the int fields, the text's bytes."""
+        return [RUN_FORMAT, *(getattr(self, f.name) for f in fields(self) if f.name != "text"), *self.text]
 
     @classmethod
     def from_args(cls, args: object) -> FrameRun:
-        expected = 1 + len(fields(cls))
-        if not isinstance(args, list) or len(args) != expected or not all(type(a) is int for a in args):
-            raise ValueError(f"a frame run is a list of {expected} ints, got {args!r}")
+        head = len(fields(cls))  # the format and the int fields
+        if not isinstance(args, list) or len(args) <= head or not all(type(a) is int for a in args):
+            raise ValueError(f"a frame run is a list of more than {head} ints, got {args!r}")
         if args[0] != RUN_FORMAT:
             raise ValueError(f"frame run format {args[0]}, this code reads format {RUN_FORMAT}")
-        return cls(*args[1:])
+        if not all(0 <= b < NUM_BYTES for b in args[head:]):
+            raise ValueError("a frame run's text must be bytes 0..255")
+        return cls(*args[1:head], text=bytes(args[head:]))
 
     def max_tokens(self) -> int:
-        """Tokens a request for this run may generate: two per frame (a run that ends early ends on
-        eos), so the context plus the run never outgrows the protocol's max_context."""
-        return 2 * self.frames
+        """Tokens a request for this run may generate: two per frame plus the echoed bytes (a run that
+        ends early ends on eos), so the context plus the run never outgrows the protocol's max_context."""
+        return frame_tokens(self.frames, self.remaining, self.max_advance)
+
+
+def frame_tokens(frames: int, remaining: int, max_advance: int) -> int:
+    """The most tokens `frames` frames can take with `remaining` bytes left to echo."""
+    return 2 * frames + min(remaining, frames * max_advance)
 
 
 class FrameDecoder:
@@ -74,15 +92,29 @@ class FrameDecoder:
 
     def __init__(self, run: FrameRun) -> None:
         self.run = run
-        self.remaining = run.remaining
+        self.passed = 0  # bytes of run.text the pointer passed in finished frames
         self.stall = run.stall
-        self.frames = 0
         self.tokens: list[int] = []
-        self._advance: int | None = None  # the advance of a frame whose unit is still to come
+        self.frame_tokens: list[list[int]] = []  # the finished frames: adv, echo bytes, unit
+        self._frame: list[int] = []  # the frame being decoded
+        self._echo: list[int] = []  # bytes of that frame still to echo
+
+    @property
+    def remaining(self) -> int:
+        return self.run.remaining - self.passed
+
+    @property
+    def frames(self) -> int:
+        return len(self.frame_tokens)
+
+    @property
+    def forced(self) -> bool:
+        """The next token is an echo byte (one allowed id, not the LM's choice)."""
+        return bool(self._echo)
 
     @property
     def done(self) -> bool:
-        if self._advance is not None:
+        if self._frame:
             return False
         r = self.run
         return self.frames >= r.frames or self.remaining == 0 or self.remaining < r.refill_below
@@ -92,7 +124,9 @@ class FrameDecoder:
         if self.done:
             return []
         r = self.run
-        if self._advance is None:
+        if self._echo:
+            return [self._echo[0]]
+        if not self._frame:
             lo = 1 if self.stall >= r.max_stall else 0
             hi = min(r.max_advance, self.remaining)
             return list(range(r.adv_zero + lo, r.adv_zero + hi + 1))
@@ -103,13 +137,18 @@ class FrameDecoder:
             raise ValueError(f"token {token} breaks the frame run after {len(self.tokens)} tokens "
                              f"(remaining {self.remaining} bytes, stall {self.stall})")
         self.tokens.append(token)
-        if self._advance is None:
-            self._advance = token - self.run.adv_zero
-            return
-        advance, self._advance = self._advance, None
-        self.remaining -= advance
-        self.stall = 0 if advance else self.stall + 1
-        self.frames += 1
+        self._frame.append(token)
+        if len(self._frame) == 1:
+            advance = token - self.run.adv_zero
+            self._echo = list(self.run.text[self.passed:self.passed + advance])
+        elif self._echo:
+            self._echo.pop(0)
+        else:
+            advance = len(self._frame) - 2
+            self.passed += advance
+            self.stall = 0 if advance else self.stall + 1
+            self.frame_tokens.append(self._frame)
+            self._frame = []
 
     @classmethod
     def replay(cls, run: FrameRun, tokens: list[int]) -> FrameDecoder:
@@ -119,4 +158,4 @@ class FrameDecoder:
         return decoder
 
 
-__all__ = ["FrameDecoder", "FrameRun", "RUN_FORMAT", "VLLM_ARG"]
+__all__ = ["FrameDecoder", "FrameRun", "NUM_BYTES", "RUN_FORMAT", "VLLM_ARG", "frame_tokens"]

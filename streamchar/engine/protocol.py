@@ -2,10 +2,11 @@
 
 The context is a sequence of segments::
 
-    <bos> <text> t e x t ... <speak> adv u adv u ... <text> m o r e ... <speak> adv u ...
+    <bos> <text> t e x t ... <speak> <adv_2> t e u <adv_0> u ... <text> m o r e ... <speak> ...
 
-Each video frame is two tokens: ``<adv_n>`` (the progress pointer advances n transcript bytes
-during the frame) then a unit token (or ``<wait>`` for silence). Text enters the context lazily,
+Each video frame is ``<adv_n>`` (the progress pointer advances n transcript bytes during the frame),
+then those n bytes again (the *echo*, forced: the LM never chooses them, see frames.py), then a unit
+token (or ``<wait>`` for silence). Text enters the context lazily,
 only while the pointer is within `lookahead_bytes` of the end of the text already in context, in
 pieces of up to ``2 * lookahead_bytes`` past the pointer. A piece ends where the received text ends,
 so a transcript streamed word by word can be cut into different pieces than the same transcript
@@ -20,7 +21,7 @@ hard guarantees rather than hopes:
   advance while text is available, advance 0 is disallowed; ``<eos>`` is not the LM's choice: the
   protocol appends it as soon as the pointer reaches the end of the transcript after EndOfText;
 - the context is bounded: past `max_context` tokens it is rebuilt from the text around the
-  pointer and the last `keep_frames` frames.
+  pointer and the last `keep_frames` frames (at most ``3 * keep_frames`` tokens of them).
 
 Everything here is deterministic given the state and the LM, so any replica that reloads the state
 from the store continues the session identically.
@@ -31,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
-from streamchar.engine.frames import FrameDecoder, FrameRun
+from streamchar.engine.frames import FrameDecoder, FrameRun, frame_tokens
 from streamchar.models.vocab import StreamCharVocab
 
 
@@ -46,9 +47,14 @@ class ProtocolConfig:
     def __post_init__(self) -> None:
         if self.lookahead_bytes < 1 or self.max_stall_frames < 1:
             raise ValueError("lookahead_bytes and max_stall_frames must be >= 1")
-        reserve = 4 + self.keep_text_behind + 2 * self.lookahead_bytes + 2 * self.keep_frames
+        reserve = 4 + self.keep_text_behind + 2 * self.lookahead_bytes + self.kept_frame_tokens
         if reserve + 64 > self.max_context:
             raise ValueError(f"max_context {self.max_context} too small for the kept history ({reserve})")
+
+    @property
+    def kept_frame_tokens(self) -> int:
+        """Tokens of frames a slide keeps at most: `keep_frames` frames with 1 echo byte each on average."""
+        return 3 * self.keep_frames
 
 
 @dataclass
@@ -123,11 +129,12 @@ class BackendBrokeRun(Exception):
 
 
 def decode_with_step(request: DecodeRequest, step: StepFn) -> list[int]:
-    """A run decoded one `step` call per token (the embedded backend, training replays)."""
+    """A run decoded one `step` call per token the LM chooses (the embedded backend, training replays);
+    echo bytes are appended without asking it."""
     decoder = FrameDecoder(request.run)
     context = list(request.context)
     while not decoder.done:
-        token = step(context, decoder.allowed())
+        token = decoder.allowed()[0] if decoder.forced else step(context, decoder.allowed())
         decoder.feed(token)
         context.append(token)
     return decoder.tokens
@@ -187,34 +194,39 @@ class OrchestratorProtocol:
                 s.context += [self.vocab.adv_id(0), self.vocab.wait_id]
                 units.append(self.vocab.num_units)
                 continue
-            self._slide(s, 2)
-            run = self._run(s, remaining, self.frames_per_chunk - len(units))
+            self._slide(s, frame_tokens(1, remaining, self.vocab.max_advance))
+            run = self._run(s, self.frames_per_chunk - len(units))
             tokens = yield DecodeRequest(list(s.context), run)
             try:
                 decoder = FrameDecoder.replay(run, tokens)
             except ValueError as e:
                 raise BackendBrokeRun(str(e)) from None
-            if not tokens or decoder.frames * 2 != len(tokens):
+            if not decoder.frames or sum(map(len, decoder.frame_tokens)) != len(tokens):
                 raise BackendBrokeRun(f"a backend returned {len(tokens)} tokens, not whole frames")
-            for adv_token, unit_token in zip(tokens[0::2], tokens[1::2]):
-                s.context += [adv_token, unit_token]
-                s.pointer += self.vocab.advance_of(adv_token)
-                units.append(self.vocab.num_units if unit_token == self.vocab.wait_id
-                             else self.vocab.unit_of(unit_token))
+            for frame in decoder.frame_tokens:
+                s.context += frame
+                s.pointer += self.vocab.advance_of(frame[0])
+                units.append(self.vocab.num_units if frame[-1] == self.vocab.wait_id
+                             else self.vocab.unit_of(frame[-1]))
             s.stall = decoder.stall
         s.next_chunk += 1
         plan = ChunkPlan(units, start, s.pointer_chars, fill, s.done)
         return plan, s
 
-    def _run(self, s: OrchState, remaining: int, frames_left: int) -> FrameRun:
+    def _run(self, s: OrchState, frames_left: int) -> FrameRun:
         """The frames that follow without the protocol acting between them: no text to insert, no
-        slide (the context has room), none past the chunk."""
+        slide (the context has room for the frames and their echo), none past the chunk."""
         v, c = self.vocab, self.config
+        text = s.text[s.pointer:s.context_text_end]
+        room = c.max_context - len(s.context)
+        frames = frames_left
+        while frames > 1 and frame_tokens(frames, len(text), v.max_advance) > room:
+            frames -= 1
         return FrameRun(
-            frames=min(frames_left, (c.max_context - len(s.context)) // 2), remaining=remaining,
-            refill_below=c.lookahead_bytes if s.context_text_end < len(s.text) else 0,
+            frames=frames, refill_below=c.lookahead_bytes if s.context_text_end < len(s.text) else 0,
             stall=s.stall, max_stall=c.max_stall_frames, max_advance=v.max_advance, adv_zero=v.adv_id(0),
-            unit_first=v.unit_ids().start, unit_end=v.unit_ids().stop, wait_id=v.wait_id, eos_id=v.eos_id)
+            unit_first=v.unit_ids().start, unit_end=v.unit_ids().stop, wait_id=v.wait_id, eos_id=v.eos_id,
+            text=text)
 
     def _insert_text(self, s: OrchState) -> None:
         if s.context_text_end >= len(s.text) or s.context_text_end - s.pointer >= self.config.lookahead_bytes:
@@ -229,21 +241,38 @@ class OrchestratorProtocol:
         """Rebuild the context around the pointer when `extra` more tokens would not fit."""
         if len(s.context) + extra <= self.config.max_context:
             return
-        frames = _last_frames(s.context, self.vocab, self.config.keep_frames)
+        frames = _last_frames(s.context, self.vocab, self.config.keep_frames, self.config.kept_frame_tokens)
         behind = max(0, s.pointer - self.config.keep_text_behind)
         s.context = [self.vocab.bos_id, self.vocab.text_id,
                      *s.text[behind:s.context_text_end],
                      self.vocab.speak_id, *frames]
 
 
-def _last_frames(context: list[int], vocab: StreamCharVocab, n: int) -> list[int]:
-    """The last n (adv, unit|wait) pairs of the context, in order."""
+def _last_frames(context: list[int], vocab: StreamCharVocab, n: int, max_tokens: int) -> list[int]:
+    """The last frames of the context (adv, echo bytes, unit|wait), in order: at most n frames and
+    `max_tokens` tokens."""
     out: list[int] = []
-    i = len(context) - 1
-    while i > 0 and len(out) < 2 * n:
-        if vocab.is_adv(context[i - 1]) and (vocab.is_unit(context[i]) or context[i] == vocab.wait_id):
-            out[:0] = context[i - 1:i + 1]
-            i -= 2
-        else:
+    frames, i = 0, len(context) - 1
+    while i > 0 and frames < n:
+        start = _frame_start(context, vocab, i)
+        if start is None:
             i -= 1
+            continue
+        if len(out) + i + 1 - start > max_tokens:
+            break
+        out[:0] = context[start:i + 1]
+        frames += 1
+        i = start - 1
     return out
+
+
+def _frame_start(context: list[int], vocab: StreamCharVocab, end: int) -> int | None:
+    """Where the frame that ends at `end` starts, or None if no frame ends there."""
+    if not (vocab.is_unit(context[end]) or context[end] == vocab.wait_id):
+        return None
+    j = end - 1
+    while j >= 0 and context[j] < 256 and end - 1 - j < vocab.max_advance:
+        j -= 1
+    if j >= 0 and vocab.is_adv(context[j]) and vocab.advance_of(context[j]) == end - 1 - j:
+        return j
+    return None

@@ -39,8 +39,8 @@ segment layout, context slides. The text arrives either whole (``text_ended`` fr
 word as a chat model streams it, the next word only when a chunk starves or the ground-truth advance
 needs bytes not received yet (`streamed` replays). Every context rebuilt by a slide starts a
 new :class:`TrainingSequence`. A sequence marks the positions the LM decodes (advance and unit/wait
-tokens) and the ids the protocol allowed there; ``<eos>`` and everything else is appended by the
-protocol without asking the LM, so it carries no loss.
+tokens) and the ids the protocol allowed there; the echo of each advance's bytes, ``<eos>`` and
+everything else is appended by the protocol without asking the LM, so it carries no loss.
 
 **Cache and batches** (:class:`SequenceSet`, :func:`ensure_cache`). The sequences of a split are built
 once into ``<cache>/lm-<split>-<key>.pt`` (flat tensors + offsets; ``torch.load(weights_only=True)``),
@@ -85,7 +85,7 @@ log = logging.getLogger(__name__)
 
 TB = TimeBase()
 SILENCE_RMS = 1e-3  # -60 dBFS, as training.pipelines.dit_data
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: frames echo the bytes they pass (streamchar/engine/frames.py)
 
 
 class InfeasibleTarget(ValueError):
@@ -242,7 +242,8 @@ class RecordingStep:
     """A ``StepFn`` that records every call; the calls of a chunk that starved are dropped with it.
 
     ``choose(call_index, context, allowed)`` picks the token; call 2f is frame f's advance and 2f + 1 its
-    unit, which holds because :func:`run_protocol` never fills, so every frame before ``<eos>`` decodes.
+    unit (the echo between them is forced, not a call), which holds because :func:`run_protocol` never
+    fills, so every frame before ``<eos>`` decodes.
     """
 
     def __init__(self, choose: Callable[[int, list[int], list[int]], int]) -> None:
