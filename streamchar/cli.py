@@ -80,12 +80,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         vllm.start()
         extra_env = {"STREAMCHAR_BACKEND": "vllm", "STREAMCHAR_VLLM__URL": vllm.url}
     try:
-        stack = start_stack(args.redis_url, args.checkpoint, log_dir, extra_env)
+        stack = start_stack(args.redis_url, args.checkpoint, log_dir, extra_env, http_address=args.http)
     except BaseException:
         if vllm is not None:
             vllm.stop()
         raise
-    print(f"gateway      {stack.gateway}\nrenderer     {stack.renderer}\norchestrator {stack.orchestrator}"
+    page = f"page         http://{args.http}/\n" if args.http else ""
+    print(f"{page}gateway      {stack.gateway}\nrenderer     {stack.renderer}\norchestrator {stack.orchestrator}"
           + (f" (LM on vLLM at {vllm.url})" if vllm else "") + "\n"
           f"store        {stack.store_url}\nlogs         {log_dir}/\nCtrl-C stops the stack.", flush=True)
     stop = []
@@ -298,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--redis-url")
     serve.add_argument("--checkpoint", default="")
     serve.add_argument("--log-dir", default="out/logs")
+    serve.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT",
+                       help="where the gateway serves the browser page ('' for none)")
     serve.add_argument("--vllm", action="store_true",
                        help="also start a vLLM server (.venv-vllm, `make vllm-env`) and run the orchestrator's LM on it")
     serve.set_defaults(func=cmd_serve)

@@ -88,6 +88,7 @@ class RunningServer:
     on_stop: Callable[[], Awaitable[None]] | None = None
     # Tasks of the service that end when it stops (cancelled first, so none sets health meanwhile).
     background: list[asyncio.Task] = field(default_factory=list)
+    http_port: int | None = None  # the gateway's page, when it serves one
 
     async def set_health(self, serving: bool, service_names: Sequence[str]) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -109,7 +109,9 @@ class LocalStack:
 
 
 def start_stack(store_url: str | None = None, checkpoint: str = "", log_dir: Path | None = None,
-                extra_env: dict[str, str] | None = None) -> LocalStack:
+                extra_env: dict[str, str] | None = None, http_address: str = "") -> LocalStack:
+    """Redis (unless `store_url`) and the three services; the gateway serves its page on `http_address`
+    ("host:port", "" none)."""
     ports = {name: free_port() for name in ("gateway", "renderer", "orchestrator")}
     addr = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     redis_proc = None
@@ -118,7 +120,7 @@ def start_stack(store_url: str | None = None, checkpoint: str = "", log_dir: Pat
     env = child_env(**{
         "STREAMCHAR_STORE_URL": store_url, "STREAMCHAR_CHECKPOINT": checkpoint,
         "STREAMCHAR_ORCHESTRATOR_ADDRESS": addr["orchestrator"], "STREAMCHAR_RENDERER_ADDRESS": addr["renderer"],
-        **(extra_env or {}),
+        "STREAMCHAR_HTTP_ADDRESS": http_address, **(extra_env or {}),
     })
     stack = LocalStack(addr["gateway"], addr["renderer"], addr["orchestrator"], store_url, env=env, log_dir=log_dir)
     if redis_proc is not None:

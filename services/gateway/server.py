@@ -47,6 +47,8 @@ MAX_TEXT_CHARS = 1_000_000
 @dataclass(frozen=True)
 class GatewayConfig:
     address: str = "127.0.0.1:50050"
+    # The browser page and its WebSocket (services/gateway/web.py); "" serves no page.
+    http_address: str = ""
     renderer_address: str = "127.0.0.1:50052"
     store_url: str = "redis://127.0.0.1:6379/0"
     session_ttl_seconds: float = 3600.0
@@ -324,14 +326,28 @@ async def start(config: GatewayConfig) -> RunningServer:
     store = open_store(config.store_url, config.session_ttl_seconds)
     channel = grpc.aio.insecure_channel(config.renderer_address, options=channel_options())
     service = GatewayService(config, store, renderer_pb2_grpc.RendererStub(channel))
+    page: tuple[Any, int, Any] | None = None
 
     async def close() -> None:
+        if page is not None:
+            await page[0].cleanup()
+            await page[2].close()
         await channel.close()
         await store.close()
 
-    return await build_server(
+    running = await build_server(
         SERVICE, [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name], config.address,
         lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(service, s), close)
+    if config.http_address:
+        from services.gateway.web import start_page
+
+        try:
+            page = await start_page(config.http_address, running.port)
+        except OSError as e:
+            await running.stop(0)
+            raise RuntimeError(f"gateway: cannot serve the page on {config.http_address}: {e}") from None
+        running.http_port = page[1]
+    return running
 
 
 def main(argv: list[str] | None = None) -> None:
