@@ -150,6 +150,10 @@ def run_service(argv: list[str] | None, prog: str, description: str, config_cls:
     setup_logging(config.log_level)
 
     async def serve() -> None:
-        await serve_until_signal(await start(config), config.grace_seconds)
+        try:
+            running = await start(config)
+        except RuntimeError as e:  # a service that cannot start says why (a port taken, no such device)
+            raise SystemExit(f"{prog}: {e}") from None
+        await serve_until_signal(running, config.grace_seconds)
 
     asyncio.run(serve())

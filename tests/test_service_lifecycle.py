@@ -103,3 +103,16 @@ def test_bad_configuration_is_a_clear_error(redis_server):
     proc = subprocess.run([sys.executable, "-m", "services.renderer"], cwd=ROOT, capture_output=True, text=True,
                           env=child_env(STREAMCHAR_STEPS="four"), timeout=120)
     assert proc.returncode != 0 and "steps: expected int, got 'four'" in proc.stderr
+
+
+@pytest.mark.parametrize(("device", "says"), [
+    ("cuda", "no usable CUDA device"),  # this CPU machine; on a GPU host the same setting renders there
+    ("tpu", "device must be cpu or cuda"),
+])
+def test_a_device_the_renderer_cannot_use_is_a_clear_error_at_start(device, says):
+    if device == "cuda" and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    proc = subprocess.run([sys.executable, "-m", "services.renderer"], cwd=ROOT, capture_output=True, text=True,
+                          env=child_env(STREAMCHAR_DEVICE=device, STREAMCHAR_ADDRESS=f"127.0.0.1:{free_port()}"),
+                          timeout=120)
+    assert proc.returncode != 0 and says in proc.stderr

@@ -66,6 +66,8 @@ class RendererConfig:
     max_batch: int = 4
     window: int = 2
     torch_threads: int = 2
+    # Where the models run: "cpu", or "cuda" / "cuda:N" (a GPU, shared with vLLM in the GPU deployments).
+    device: str = "cpu"
     otlp_endpoint: str = ""
     metrics_port: int = 0
     grace_seconds: float = 5.0
@@ -252,10 +254,13 @@ async def start(config: RendererConfig) -> RunningServer:
     torch.set_num_threads(config.torch_threads)
     setup_tracing(SERVICE, config.otlp_endpoint)
     start_metrics(config.metrics_port)
-    models = load_renderer(config.checkpoint or None, time_base=TimeBase())
-    logging.getLogger(__name__).info("renderer models loaded (%s), %d steps, guidance %.2f",
-                                     "trained" if models.trained else "UNTRAINED random init", config.steps,
-                                     config.guidance)
+    try:
+        models = load_renderer(config.checkpoint or None, time_base=TimeBase()).to(config.device)
+    except ValueError as e:
+        raise RuntimeError(f"renderer: {e}") from None
+    logging.getLogger(__name__).info("renderer models loaded (%s) on %s, %d steps, guidance %.2f",
+                                     "trained" if models.trained else "UNTRAINED random init", models.device,
+                                     config.steps, config.guidance)
     store = open_store(config.store_url, config.session_ttl_seconds)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render-engine")
     engine = RenderEngine(models, config.steps, config.guidance, config.max_batch, executor)

@@ -48,6 +48,25 @@ class RendererModels:
     def image_size(self) -> int:
         return self.video_codec.image_size
 
+    def to(self, device: str | torch.device) -> RendererModels:
+        """The models on `device` ("cpu", "cuda", "cuda:1"); raises ValueError for a device this
+        machine does not have, so a misconfigured renderer fails at start with a readable message."""
+        try:
+            device = torch.device(device)
+        except RuntimeError as e:
+            raise ValueError(f"device must be cpu or cuda[:N]: {e}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device} requested but this machine has no usable CUDA device "
+                             f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})")
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda[:N], got {device}")
+        return RendererModels(self.dit.to(device), self.video_codec.to(device), self.audio_codec.to(device),
+                              self.time_base, self.trained)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.dit.parameters()).device
+
 
 @dataclass
 class ChunkJob:
@@ -126,7 +145,7 @@ class RenderEngine:
         """Denoise and decode B chunks in one sampler call (runs on the engine's worker thread)."""
         started = time.perf_counter()
         m, tb = self.models, self.models.time_base
-        cfg = m.dit.config
+        cfg, device = m.dit.config, m.device
         B = len(jobs)
         latent_shape = (cfg.video_channels, cfg.video_latent_size, cfg.video_latent_size)
         M, Mm = tb.frames_per_chunk * tb.mel_per_frame, tb.motion_frames * tb.mel_per_frame
@@ -136,8 +155,8 @@ class RenderEngine:
         missing = [i for i, r in enumerate(ref) if r is None]
         if missing:
             images = torch.from_numpy(np.stack([jobs[i].ref_image for i in missing])).float()  # [b,H,W,3]
-            images = images.permute(0, 3, 1, 2) / 127.5 - 1.0  # [b,3,H,W] in [-1,1]
-            encoded = m.video_codec.encode(images).numpy()  # [b,C,h,w]
+            images = images.permute(0, 3, 1, 2).to(device) / 127.5 - 1.0  # [b,3,H,W] in [-1,1]
+            encoded = m.video_codec.encode(images).cpu().numpy()  # [b,C,h,w]
             for k, i in enumerate(missing):
                 ref[i] = encoded[k]
 
@@ -155,14 +174,17 @@ class RenderEngine:
             "has_sink": torch.tensor([j.sink_video is not None for j in jobs]),
             "has_motion": torch.tensor([j.motion_video is not None for j in jobs]),
         }
+        cond = {k: v.to(device) for k, v in cond.items()}
 
-        # 3. Seeded noise per chunk, so a chunk is the same on any replica and in any batch.
+        # 3. Seeded noise per chunk, so a chunk is the same on any replica and in any batch (drawn on
+        # the CPU: the same numbers whatever the device).
         video_noise, audio_noise = [], []
         for j in jobs:
             g = torch.Generator().manual_seed(j.seed)
             video_noise.append(torch.randn((tb.frames_per_chunk, *latent_shape), generator=g))
             audio_noise.append(torch.randn((M, cfg.audio_channels), generator=g))
-        video, audio = self.sampler.sample(m.dit, cond, torch.stack(video_noise), torch.stack(audio_noise))
+        video, audio = self.sampler.sample(m.dit, cond, torch.stack(video_noise).to(device),
+                                           torch.stack(audio_noise).to(device))
 
         # 4. Decode: frames through the video codec, PCM through the vocoder with the previous
         # chunk's audio tail as context for a smoother seam.
@@ -170,9 +192,10 @@ class RenderEngine:
         frames = ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         frames = frames.permute(0, 2, 3, 1).reshape(B, tb.frames_per_chunk, *frames.shape[2:], 3)  # [B,F,H,W,3]
         context = cond["motion_audio"] if all(j.motion_audio is not None for j in jobs) else None
-        pcm = m.audio_codec.decode(audio, context).clamp(-1, 1)  # [B,S]
+        pcm = m.audio_codec.decode(audio, context).clamp(-1, 1).float().cpu()  # [B,S]
+        frames, video, audio = frames.cpu(), video.cpu(), audio.cpu()
         seconds = time.perf_counter() - started
-        return [ChunkOutput(frames=frames[i].numpy(), pcm=pcm[i].float().numpy(), ref_latent=ref[i],
+        return [ChunkOutput(frames=frames[i].numpy(), pcm=pcm[i].numpy(), ref_latent=ref[i],
                             video_latents=video[i].numpy(), audio_latents=audio[i].numpy(),
                             seconds=seconds, batch_size=B) for i in range(B)]
 
