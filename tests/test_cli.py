@@ -73,14 +73,23 @@ def test_serve_runs_the_stack_and_stops_on_sigterm(tmp_path, character_png):
 
     from streamchar.client import Client
 
-    proc = subprocess.Popen([sys.executable, "-m", "streamchar", "serve", "--log-dir", str(tmp_path)], cwd=ROOT,
-                            env=service_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    import urllib.request
+
+    from streamchar.localstack import free_port
+
+    http = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([sys.executable, "-m", "streamchar", "serve", "--log-dir", str(tmp_path), "--http", http],
+                            cwd=ROOT, env=service_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        lines = [proc.stdout.readline() for _ in range(6)]
+        lines = [proc.stdout.readline() for _ in range(7)]
         gateway = next(line.split()[1] for line in lines if line.startswith("gateway"))
+        page = next(line.split()[1] for line in lines if line.startswith("page"))
+        assert page == f"http://{http}/"
         with Client(gateway) as client:
             result = client.speak("Served locally.", character_png)
         assert result.end is not None and result.chunk_indices == list(range(result.end.chunks))
+        with urllib.request.urlopen(page, timeout=10) as response:
+            assert response.status == 200 and b"StreamChar" in response.read()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:
