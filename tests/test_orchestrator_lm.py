@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from streamchar.models.orchestrator_lm import PRESETS, LMConfig, OrchestratorLM
+from streamchar.models.orchestrator_lm import PRESETS, PROTOCOL_VERSION, LMConfig, OrchestratorLM
 from streamchar.models.vocab import DEFAULT_VOCAB, NUM_BYTES, SPECIAL_TOKENS, StreamCharVocab
 
 TEXT = "Hello, world! Grüße, 世界 🙂\n\tend"
@@ -192,6 +192,17 @@ def test_save_load_round_trip(saved):
         vocab.pad_id,
     )
     assert LMConfig.from_hf_config(config) == model.config
+
+
+def test_an_lm_trained_for_another_token_protocol_is_refused(tmp_path):
+    """Weights trained on other contexts (protocol 1 had no echo) would decode nonsense: say so at load."""
+    _model().save_pretrained(tmp_path, DEFAULT_VOCAB)
+    meta = json.loads((tmp_path / "streamchar.json").read_text())
+    assert meta["protocol_version"] == PROTOCOL_VERSION
+    for old in ({**meta, "protocol_version": 1}, {k: v for k, v in meta.items() if k != "protocol_version"}):
+        (tmp_path / "streamchar.json").write_text(json.dumps(old))
+        with pytest.raises(ValueError, match="trained for token protocol 1"):
+            OrchestratorLM.from_pretrained(tmp_path)
 
 
 @torch.no_grad()

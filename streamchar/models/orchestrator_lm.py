@@ -26,6 +26,10 @@ from streamchar.models.vocab import DEFAULT_VOCAB, StreamCharVocab
 logger = logging.getLogger(__name__)
 
 STREAMCHAR_FORMAT_VERSION = 1
+# The orchestrator token protocol (streamchar/engine/protocol.py) the weights are trained for, saved with
+# them: an LM decoding contexts of another protocol gives nonsense, so a mismatch is refused at load.
+# 1: frames are <adv_n> unit; 2: frames echo the n bytes they pass between the two.
+PROTOCOL_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ PRESETS: dict[str, LMConfig] = {
         max_position_embeddings=1024,
     ),
     # ~0.6B params (vocab is tiny, so nearly all in the blocks); head_dim 128 for vLLM kernels;
-    # 8192 positions cover ~2.5 min of frames at 25 fps with two tokens per frame plus text.
+    # 8192 positions cover ~2 min of frames at 25 fps with two tokens per frame plus the text and its echo.
     "paper": LMConfig(
         vocab_size=DEFAULT_VOCAB.vocab_size,
         hidden_size=1536,
@@ -388,8 +392,8 @@ class OrchestratorLM(nn.Module):
         vocab.write_hf_tokenizer(directory)
         _write_json(
             directory / "streamchar.json",
-            {"format_version": STREAMCHAR_FORMAT_VERSION, "vocab": vocab.to_dict(),
-             "decoding": {"advance_bias": self.advance_bias}},
+            {"format_version": STREAMCHAR_FORMAT_VERSION, "protocol_version": PROTOCOL_VERSION,
+             "vocab": vocab.to_dict(), "decoding": {"advance_bias": self.advance_bias}},
         )
         logger.info("saved %s-param orchestrator LM to %s", f"{self.num_params():,}", directory)
 
@@ -419,6 +423,11 @@ def read_decoding(directory: str | Path) -> tuple[StreamCharVocab, float]:
     meta = json.loads((Path(directory) / "streamchar.json").read_text(encoding="utf-8"))
     if meta.get("format_version") != STREAMCHAR_FORMAT_VERSION:
         raise ValueError(f"unsupported streamchar.json format_version {meta.get('format_version')}")
+    protocol = meta.get("protocol_version", 1)
+    if protocol != PROTOCOL_VERSION:
+        raise ValueError(f"{directory}: this orchestrator LM was trained for token protocol {protocol}, this code "
+                         f"decodes protocol {PROTOCOL_VERSION}; retrain it (training/trainers/lm.py) or use a "
+                         f"matching release")
     return StreamCharVocab.from_dict(meta["vocab"]), float(meta.get("decoding", {}).get("advance_bias", 0.0))
 
 

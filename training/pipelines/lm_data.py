@@ -1,7 +1,8 @@
 """Orchestrator-LM training data: ground-truth frame targets, replayed through the real token protocol.
 
 **Frame targets** (:func:`frame_targets`). Each video frame f of a corpus sample gets a speech unit and
-a pointer advance, the two tokens the LM decodes per frame.
+a pointer advance, the two tokens the LM decodes per frame (the bytes passed are echoed between them by
+the protocol, not decoded).
 
 * Unit: the shipped :class:`UnitTokenizer`'s unit for the frame (``training.units.sample_units``: the
   aligned phoneme, or for k-means units the audio latents), except that a frame whose waveform is
