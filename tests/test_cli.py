@@ -70,11 +70,9 @@ async def test_cli_client_reports_gateway_errors(stack, tmp_path):
 
 def test_serve_runs_the_stack_and_stops_on_sigterm(tmp_path, character_png):
     import signal
-
-    from streamchar.client import Client
-
     import urllib.request
 
+    from streamchar.client import Client
     from streamchar.localstack import free_port
 
     http = f"127.0.0.1:{free_port()}"
