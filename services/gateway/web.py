@@ -241,6 +241,6 @@ async def start_page(http_address: str, gateway_port: int) -> tuple[web.AppRunne
     await runner.setup()
     site = web.TCPSite(runner, host or "0.0.0.0", int(port))
     await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # aiohttp has no public accessor for an ephemeral port
+    bound = runner.addresses[0][1]  # the port bound (port 0 picks one)
     log.info("gateway page on http://%s:%d/", host or "0.0.0.0", bound)
     return runner, bound, page

@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
-from streamchar.engine.frames import FrameDecoder, FrameRun, frame_tokens
+from streamchar.engine.frames import NUM_BYTES, FrameDecoder, FrameRun, frame_tokens
 from streamchar.models.vocab import StreamCharVocab
 
 
@@ -271,7 +271,7 @@ def _frame_start(context: list[int], vocab: StreamCharVocab, end: int) -> int | 
     if not (vocab.is_unit(context[end]) or context[end] == vocab.wait_id):
         return None
     j = end - 1
-    while j >= 0 and context[j] < 256 and end - 1 - j < vocab.max_advance:
+    while j >= 0 and context[j] < NUM_BYTES and end - 1 - j < vocab.max_advance:
         j -= 1
     if j >= 0 and vocab.is_adv(context[j]) and vocab.advance_of(context[j]) == end - 1 - j:
         return j
