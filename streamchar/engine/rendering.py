@@ -65,7 +65,12 @@ class RendererModels:
 
     @property
     def device(self) -> torch.device:
-        return next(self.dit.parameters()).device
+        """Where the models live: the first parameter found (a parameter-free module, e.g. a test's
+        ground-truth DiT, defers to the codecs; all parameter-free means CPU)."""
+        for module in (self.dit, self.video_codec, self.audio_codec):
+            for p in module.parameters():
+                return p.device
+        return torch.device("cpu")
 
 
 @dataclass
