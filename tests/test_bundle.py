@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,15 @@ import torch
 
 from streamchar.engine.rendering import ChunkJob, RenderEngine
 from streamchar.localstack import ROOT, child_env
-from streamchar.models.bundle import load_orchestrator, load_renderer, save_bundle
+from streamchar.models.bundle import (
+    default_checkpoint,
+    load_orchestrator,
+    load_renderer,
+    read_manifest,
+    save_bundle,
+    write_manifest,
+)
+from training.ship import ship
 
 TRAINED = {"orchestrator": True, "dit": True, "video_codec": True}
 
@@ -78,3 +87,19 @@ def test_random_init_is_deterministic():
     for (name, p), q in zip(a.dit.state_dict().items(), b.dit.state_dict().values()):
         assert torch.equal(p, q), name
     assert dataclasses.asdict(a.dit.config) == dataclasses.asdict(b.dit.config)
+
+
+def test_shipping_a_warm_started_part_keeps_the_record_of_the_weights_it_continued(tmp_path):
+    into = tmp_path / "bundle"
+    shutil.copytree(default_checkpoint("tiny"), into)
+    for name, init, expect_lineage in (("cold", "", False), ("warm", str(into / "orchestrator"), True)):
+        export = tmp_path / name
+        shutil.copytree(into / "orchestrator", export / "orchestrator")
+        write_manifest(export, {"training": {"orchestrator": {"steps": 7, "config": {"run": {"init_from": init}}}}})
+        if expect_lineage:
+            before = read_manifest(into)["training"]["orchestrator"]
+        entry = ship(into, lm=export)["training"]["orchestrator"]
+        assert entry["steps"] == 7
+        assert ("warm_started_from" in entry) == expect_lineage
+        if expect_lineage:
+            assert entry["warm_started_from"] == before

@@ -2,7 +2,8 @@
 
 Copies each given part (``orchestrator/`` from an LM export, ``dit/`` from a DiT export) into the
 target bundle (default: the shipped ``streamchar/checkpoints/tiny``), marks it trained and records
-how it was trained (the export's ``training`` entry) in ``bundle.json``. A DiT is only shipped into
+how it was trained (the export's ``training`` entry) in ``bundle.json``; a part warm-started from the
+one it replaces keeps that one's entry under ``warm_started_from``, so the record covers every run. A DiT is only shipped into
 a bundle whose codecs are the ones it was trained against (same files), since its latents mean
 nothing under other codecs.
 """
@@ -40,8 +41,13 @@ def ship(into: Path, lm: Path | None = None, dit: Path | None = None) -> dict:
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(source / directory, target)
         exported = read_manifest(source)
+        previous = manifest.get("training", {}).get(part)
+        entry = exported.get("training", {}).get(part, {})
+        init = entry.get("config", {}).get("run", {}).get("init_from", "")
+        if init and previous and Path(init).resolve() in (target.resolve(), into.resolve()):
+            entry = {**entry, "warm_started_from": previous}  # the weights it continued: keep their record
         manifest.setdefault("trained", {})[part] = True
-        manifest.setdefault("training", {})[part] = exported.get("training", {}).get(part, {})
+        manifest.setdefault("training", {})[part] = entry
     write_manifest(into, manifest)
     return manifest
 
