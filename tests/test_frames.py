@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.orchestrator.vllm_backend import CONSTRAINT, vllm_server_command
-from streamchar.engine.frames import FrameDecoder, FrameRun
+from streamchar.engine.frames import FrameDecoder, FrameRun, advance_options, is_word_byte
 from streamchar.engine.orchestration import OrchestratorEngine
 from streamchar.engine.protocol import DecodeRequest, OrchestratorProtocol, ProtocolConfig
 from streamchar.errors import BackendFailed
@@ -56,13 +56,13 @@ def test_run_travels_as_flat_ints_and_bad_args_are_refused():
 
 
 def test_decoder_caps_advances_and_forbids_stalling_past_max_stall():
-    d = FrameDecoder(run(text=b"ab", stall=2, max_stall=3))
-    assert d.allowed() == [VOCAB.adv_id(n) for n in range(0, 3)]  # capped by the 2 bytes left
+    d = FrameDecoder(run(text=b"a b", stall=2, max_stall=3))
+    assert d.allowed() == [VOCAB.adv_id(n) for n in (0, 1, 3)]  # the word ends within the 3 bytes left
     frame(d, 0)
     assert d.stall == 3 and VOCAB.adv_id(0) not in d.allowed()  # must move now
     with pytest.raises(ValueError, match="breaks the frame run"):
         d.feed(VOCAB.adv_id(0))
-    assert d.allowed() == [VOCAB.adv_id(1), VOCAB.adv_id(2)]
+    assert d.allowed() == [VOCAB.adv_id(1), VOCAB.adv_id(3)]
     d.feed(VOCAB.adv_id(1))
     d.feed(ord("a"))  # the echo
     assert d.allowed() == [*VOCAB.unit_ids(), VOCAB.wait_id]
@@ -70,40 +70,50 @@ def test_decoder_caps_advances_and_forbids_stalling_past_max_stall():
         d.feed(VOCAB.adv_id(1))  # a unit is due
 
 
+def test_advances_end_at_word_ends_or_at_the_reach():
+    assert advance_options(b"hi there", 0, 4) == [0, 2]  # "hi", never "h" or "hi t"
+    assert advance_options(b" there you", 0, 8) == [0, 6]  # the space before a word goes with it
+    assert advance_options(b"extraordinary", 0, 4) == [0, 4]  # no word ends in reach: cut at the reach
+    assert advance_options(b", ", 1, 4) == [2]  # only punctuation left: all of it
+    assert advance_options("n\u00e9 ici".encode(), 0, 8) == [0, 3, 7]  # the two bytes of \u00e9 are word bytes
+    assert advance_options(b"don't", 0, 8) == [0, 3, 5]
+    assert advance_options(b"ab", 1, 8) == [2]  # stalled: the end of the text in context is a word end
+    assert all(is_word_byte(b) for b in b"aZ09\xc3\xa9") and not any(is_word_byte(b) for b in b" ,.'-\n")
+
+
 def test_each_advance_echoes_the_bytes_it_passes_and_the_lm_never_chooses_them():
     d = FrameDecoder(run(text=b"hi there"))
-    d.feed(VOCAB.adv_id(3))
+    with pytest.raises(ValueError, match="breaks the frame run"):
+        d.feed(VOCAB.adv_id(3))  # "hi t" stops inside a word
+    d.feed(VOCAB.adv_id(2))
     assert d.forced and d.allowed() == [ord("h")]
     with pytest.raises(ValueError, match="breaks the frame run"):
         d.feed(ord("x"))  # not the transcript's byte
     d.feed(ord("h"))
-    d.feed(ord("i"))
-    assert d.allowed() == [ord(" ")]
+    assert d.allowed() == [ord("i")]
     with pytest.raises(ValueError):
         d.feed(VOCAB.unit_id(0))  # the echo is not finished
-    d.feed(ord(" "))
+    d.feed(ord("i"))
     assert not d.forced and d.allowed() == [*VOCAB.unit_ids(), VOCAB.wait_id]
     d.feed(VOCAB.unit_id(5))
     frame(d, 0, 6)
-    frame(d, 4, 7)
-    assert d.remaining == 1 and d.frames == 3
-    assert d.frame_tokens == [[VOCAB.adv_id(3), *b"hi ", VOCAB.unit_id(5)], [VOCAB.adv_id(0), VOCAB.unit_id(6)],
-                              [VOCAB.adv_id(4), *b"ther", VOCAB.unit_id(7)]]
+    frame(d, 4, 7)  # " there" is beyond the reach of 4: cut there
+    assert d.remaining == 2 and d.frames == 3
+    assert d.frame_tokens == [[VOCAB.adv_id(2), *b"hi", VOCAB.unit_id(5)], [VOCAB.adv_id(0), VOCAB.unit_id(6)],
+                              [VOCAB.adv_id(4), *b" the", VOCAB.unit_id(7)]]
     assert d.tokens == [t for f in d.frame_tokens for t in f]
     assert len(d.tokens) <= run(text=b"hi there", frames=3).max_tokens()
 
 
 @pytest.mark.parametrize(("overrides", "frames"), [
-    ({"frames": 3}, 3),  # the chunk (or the context's room) ends
-    ({"text": b"abcde"}, 3),  # nothing left to speak: 2 + 2 + 1 bytes
-    ({"text": b"abcdefghi", "refill_below": 6}, 2),  # 9 - 4 = 5 < 6 after two frames: text to insert
+    ({"text": b"a b c d e f", "frames": 3}, 3),  # the chunk (or the context's room) ends
+    ({"text": b"ab cd e"}, 3),  # nothing left to speak: 2 + 3 + 2 bytes
+    ({"text": b"ab cd efghi", "refill_below": 7}, 2),  # 11 - 5 = 6 < 7 after two frames: text to insert
 ])
 def test_decoder_ends_the_run_where_the_protocol_must_act(overrides, frames):
     d = FrameDecoder(run(**overrides))
-    for advance in (2, 2, 1, 1, 1, 1, 1, 1):
-        if d.done:
-            break
-        frame(d, min(advance, max(a - VOCAB.adv_id(0) for a in d.allowed())))
+    while not d.done:  # a word per frame
+        frame(d, min(a - VOCAB.adv_id(0) for a in d.allowed() if a != VOCAB.adv_id(0)))
     assert d.done and d.frames == frames and d.allowed() == []
     assert len(d.tokens) == 2 * frames + (d.run.remaining - d.remaining) <= d.run.max_tokens()
 

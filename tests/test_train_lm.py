@@ -22,11 +22,12 @@ from streamchar.models.orchestrator_lm import OrchestratorLM
 from streamchar.models.vocab import StreamCharVocab
 from streamchar.timebase import TimeBase
 from training.data.corpus import CorpusConfig, SampleGenerator, write_corpus
-from training.objectives.lm import LMObjectiveConfig, lm_loss
+from training.objectives.lm import LMObjectiveConfig, allowed_mask, lm_loss
 from training.pipelines.lm_data import (
     FrameTargets,
     InfeasibleTarget,
     SequenceSet,
+    _allowed_span,
     feasible_advances,
     frame_targets,
     load_unit_codecs,
@@ -112,17 +113,19 @@ def test_onset_pointer_moves_only_where_a_word_starts(samples):
         speech_pointer(samples[0], 10, mode="sideways")
 
 
-def test_feasible_advances_carry_and_stall():
+def test_feasible_advances_carry_stall_and_end_at_words():
     protocol = OrchestratorProtocol(StreamCharVocab(num_units=4, max_advance=3), 8,
                                     ProtocolConfig(lookahead_bytes=4, max_stall_frames=2, max_context=1024))
-    # a jump of 10 bytes is spread 3 + 3 + 3 + 1, carrying past the last target frame
-    assert feasible_advances([0, 10, 10], 10, protocol) == [0, 3, 3, 3, 1]
-    # three frames without text moving: the third must advance; the pointer then runs ahead of the target
-    assert feasible_advances([0, 0, 0, 0, 2, 2], 2, protocol) == [0, 0, 1, 0, 1, 0]
+    # a jump of 10 bytes into one long word is cut at the reach, 3 + 3 + 3 + 1, past the last target frame
+    assert feasible_advances([0, 10, 10], b"abcdefghij", protocol) == [0, 3, 3, 3, 1]
+    # a jump over two words stops at the first word's end, not at the reach inside the second word
+    assert feasible_advances([0, 5, 5], b"ab cd", protocol) == [0, 2, 3]
+    # three frames without text moving: the third must advance, a whole word; the pointer runs ahead
+    assert feasible_advances([0, 0, 0, 0, 2, 2], b"ab", protocol) == [0, 0, 2, 0, 0, 0]
     # the bytes in context bound an advance: lookahead 1 gives 2 bytes per insertion
     tight = OrchestratorProtocol(StreamCharVocab(num_units=4, max_advance=3), 8,
                                  ProtocolConfig(lookahead_bytes=1, max_context=1024))
-    assert feasible_advances([3, 3], 3, tight) == [2, 1]
+    assert feasible_advances([3, 3], b"abc", tight) == [2, 1]
 
 
 @pytest.mark.parametrize("streamed", [False, True])
@@ -141,7 +144,9 @@ def test_oracle_replay_reproduces_the_targets(samples, codecs, streamed):
             for i, token in enumerate(seq.input_ids):
                 if not seq.loss_mask[i]:
                     continue
-                assert seq.allowed_lo[i] <= token <= seq.allowed_hi[i] or (seq.allow_wait[i] and token == VOCAB.wait_id)
+                in_span = seq.allowed_lo[i] <= token <= seq.allowed_hi[i]
+                assert (in_span and not seq.allowed_gaps[i] >> (token - seq.allowed_lo[i]) & 1) or (
+                    seq.allow_wait[i] and token == VOCAB.wait_id)
                 if VOCAB.is_adv(token):
                     advances.append(VOCAB.advance_of(token))
                 else:
@@ -166,6 +171,16 @@ def test_replay_rejects_infeasible_targets(samples, codecs):
     for advances in (too_fast, stalled):
         with pytest.raises(InfeasibleTarget):
             replay(protocol, text, FrameTargets(good.units, advances))
+
+
+def test_allowed_sets_with_gaps_round_trip_into_the_loss_mask():
+    """Word-end advances are not a range of ids: the missing ones travel as a bitmask and stay masked."""
+    assert _allowed_span((262, 264, 267, 261), 261) == (262, 267, 0b11010, 1)
+    assert _allowed_span((300, 301, 302), 261) == (300, 302, 0, 0)
+    lo, hi = torch.tensor([10, 10]), torch.tensor([13, 13])
+    mask = allowed_mask(lo, hi, torch.tensor([0, 0b0110]), torch.tensor([False, True]), 20, 5)
+    assert mask[0].nonzero().flatten().tolist() == [10, 11, 12, 13]
+    assert mask[1].nonzero().flatten().tolist() == [5, 10, 13]
 
 
 def test_loss_falls_when_overfitting_two_samples(samples, codecs):

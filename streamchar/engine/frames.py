@@ -7,6 +7,11 @@ transcript bytes the pointer passes (the *echo*: forced, the LM never chooses th
 token or ``<wait>``. The echo puts the word being spoken next to the unit decisions, where a small LM
 reads it, instead of somewhere back in the text segment at an offset the LM would have to count.
 
+Advances end at word ends (:func:`advance_options`): a frame may stay (``<adv_0>``) or pass the text up to
+the end of one of the next words, not stop inside one. So the LM decides *when* the next word starts and
+the protocol knows how many bytes that is; counting bytes to the next word was the small LM's commonest
+mistake when any count was allowed.
+
 A :class:`FrameDecoder` follows one run token by token: which ids are allowed next (one, when the
 next token is forced), when the run is over. The embedded backend asks it at every step; inside a
 vLLM server, the logits processor ``services/orchestrator/vllm_constraint.py`` asks it for every row
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-RUN_FORMAT = 2  # first element of FrameRun.to_args; bump when the fields change (2: echo bytes)
+RUN_FORMAT = 3  # first element of FrameRun.to_args; bump when fields or rules change (2: echo, 3: word ends)
 VLLM_ARG = "streamchar_run"  # the vllm_xargs key a run travels under
 NUM_BYTES = 256  # byte token b has id b
 
@@ -82,6 +87,28 @@ class FrameRun:
         return frame_tokens(self.frames, self.remaining, self.max_advance)
 
 
+def is_word_byte(b: int) -> bool:
+    """A byte of a word: an ASCII letter or digit, or any byte of a multi-byte UTF-8 character."""
+    return b >= 0x80 or chr(b).isalnum()
+
+
+def advance_options(text: bytes, lo: int, max_advance: int) -> list[int]:
+    """The advances a frame may take over `text` (the bytes in context the pointer has not passed), ascending.
+
+    0 when `lo` is 0 (the frame stays); every n <= min(max_advance, len(text)) where a word ends: byte
+    n - 1 belongs to a word and byte n does not or is the end of `text` (the text in context ends at a
+    received word's end, or at the transcript's). Where no word ends within reach (a word longer than
+    max_advance, or only punctuation and spaces left), the furthest reach: the advance is then cut, and
+    the frames after it finish the word.
+    """
+    hi = min(max_advance, len(text))
+    ends = [n for n in range(max(lo, 1), hi + 1)
+            if is_word_byte(text[n - 1]) and (n == len(text) or not is_word_byte(text[n]))]
+    if not ends and hi >= max(lo, 1):
+        ends = [hi]
+    return ([0] if lo == 0 else []) + ends
+
+
 def frame_tokens(frames: int, remaining: int, max_advance: int) -> int:
     """The most tokens `frames` frames can take with `remaining` bytes left to echo."""
     return 2 * frames + min(remaining, frames * max_advance)
@@ -128,8 +155,7 @@ class FrameDecoder:
             return [self._echo[0]]
         if not self._frame:
             lo = 1 if self.stall >= r.max_stall else 0
-            hi = min(r.max_advance, self.remaining)
-            return list(range(r.adv_zero + lo, r.adv_zero + hi + 1))
+            return [r.adv_zero + n for n in advance_options(r.text[self.passed:], lo, r.max_advance)]
         return [*range(r.unit_first, r.unit_end), r.wait_id]
 
     def feed(self, token: int) -> None:
@@ -158,4 +184,5 @@ class FrameDecoder:
         return decoder
 
 
-__all__ = ["FrameDecoder", "FrameRun", "NUM_BYTES", "RUN_FORMAT", "VLLM_ARG", "frame_tokens"]
+__all__ = ["FrameDecoder", "FrameRun", "NUM_BYTES", "RUN_FORMAT", "VLLM_ARG", "advance_options", "frame_tokens",
+           "is_word_byte"]

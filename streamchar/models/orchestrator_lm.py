@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 STREAMCHAR_FORMAT_VERSION = 1
 # The orchestrator token protocol (streamchar/engine/protocol.py) the weights are trained for, saved with
 # them: an LM decoding contexts of another protocol gives nonsense, so a mismatch is refused at load.
-# 1: frames are <adv_n> unit; 2: frames echo the n bytes they pass between the two.
-PROTOCOL_VERSION = 2
+# 1: frames are <adv_n> unit; 2: frames echo the n bytes they pass between the two; 3: advances end at
+# word ends.
+PROTOCOL_VERSION = 3
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The orchestrator LM's loss: cross-entropy on the tokens it decodes, over the ids the protocol allows.
 
-Inference never samples freely: at every frame the protocol asks for an advance among
-``<adv_lo>..<adv_hi>`` (the stall rule and the text in context set the range) and then for a unit or
-``<wait>``, and takes the argmax over exactly those ids. So the loss at a predicted position is the
+Inference never samples freely: at every frame the protocol asks for an advance among the word-end
+advances of ``<adv_lo>..<adv_hi>`` (the stall rule and the text in context set them,
+streamchar/engine/frames.py) and then for a unit or ``<wait>``, and takes the argmax over exactly those ids. So the loss at a predicted position is the
 cross-entropy of the softmax restricted to the allowed ids (``constrained``, the default): it trains
 precisely the comparison decoding makes and spends nothing on pushing down ids that can never be
 chosen there. With ``constrained = false`` it is the plain full-vocabulary cross-entropy (an ablation).
@@ -33,11 +33,14 @@ class LMObjectiveConfig:
     constrained: bool = True  # softmax over the protocol's allowed ids only (what constrained decoding compares)
 
 
-def allowed_mask(lo: Tensor, hi: Tensor, wait: Tensor, vocab_size: int, wait_id: int) -> Tensor:
-    """lo, hi [P] long, wait [P] bool -> allowed ids [P,V] bool: lo..hi, plus <wait> where `wait`."""
+def allowed_mask(lo: Tensor, hi: Tensor, gaps: Tensor, wait: Tensor, vocab_size: int, wait_id: int) -> Tensor:
+    """lo, hi, gaps [P] long, wait [P] bool -> allowed ids [P,V] bool: lo..hi but the ids lo + k with bit k
+    set in `gaps`, plus <wait> where `wait`."""
     ids = torch.arange(vocab_size, device=lo.device)  # [V]
-    in_range = (ids >= lo[:, None]) & (ids <= hi[:, None])  # [P,V]
-    return in_range | (wait[:, None] & (ids == wait_id))
+    offset = ids[None, :] - lo[:, None]  # [P,V]
+    in_range = (offset >= 0) & (ids <= hi[:, None])  # [P,V]
+    gap = ((gaps[:, None] >> offset.clamp(0, 62)) & 1).bool()  # [P,V]
+    return (in_range & ~gap) | (wait[:, None] & (ids == wait_id))
 
 
 def lm_loss(model: nn.Module, batch: LMBatch, vocab: StreamCharVocab,
@@ -48,7 +51,8 @@ def lm_loss(model: nn.Module, batch: LMBatch, vocab: StreamCharVocab,
     logits = logits[predicted].float()  # [P,V]
     target = batch.input_ids[:, 1:][predicted]  # [P]
     allowed = allowed_mask(batch.allowed_lo[:, 1:][predicted], batch.allowed_hi[:, 1:][predicted],
-                           batch.allow_wait[:, 1:][predicted], logits.shape[-1], vocab.wait_id)  # [P,V]
+                           batch.allowed_gaps[:, 1:][predicted], batch.allow_wait[:, 1:][predicted],
+                           logits.shape[-1], vocab.wait_id)  # [P,V]
     restricted = logits.masked_fill(~allowed, float("-inf"))  # [P,V]
     losses = F.cross_entropy(restricted if config.constrained else logits, target, reduction="none")  # [P]
 

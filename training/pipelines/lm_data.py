@@ -29,8 +29,9 @@ the protocol, not decoded).
   (1.6 s), long enough that few frames need a forced advance (the feasible pointer departs from the
   raw one only there).
 * Feasibility (:func:`feasible_advances`): the per-frame differences of the pointer, made decodable by
-  simulating the protocol on the whole text: an advance is at most ``max_advance`` and at most the
-  bytes in context (the rest carries to the next frames), and at least 1 after ``max_stall_frames``
+  simulating the protocol on the whole text: an advance ends at a word end (frames.advance_options;
+  a pause segment's punctuation goes with the next word), is at most ``max_advance`` and at most the
+  bytes in context (the rest carries to the next frames), and is not 0 after ``max_stall_frames``
   zero advances while text remains. The feasible pointer is the one trained on and evaluated against.
 
 **Replay** (:func:`replay`). The targets are decoded by the REAL :meth:`OrchestratorProtocol.plan_chunk`
@@ -71,6 +72,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from streamchar.engine.frames import advance_options
 from streamchar.engine.protocol import ChunkPlan, OrchestratorProtocol, OrchState, Starved
 from streamchar.models.audio_codec import AudioCodecConfig, MelAudioCodec
 from streamchar.models.io import load_module
@@ -86,7 +88,7 @@ log = logging.getLogger(__name__)
 
 TB = TimeBase()
 SILENCE_RMS = 1e-3  # -60 dBFS, as training.pipelines.dit_data
-CACHE_FORMAT = 2  # 2: frames echo the bytes they pass (streamchar/engine/frames.py)
+CACHE_FORMAT = 3  # 2: frames echo the bytes they pass (streamchar/engine/frames.py); 3: advances end at word ends
 
 
 class InfeasibleTarget(ValueError):
@@ -185,15 +187,18 @@ def speech_pointer(sample: Sample, num_frames: int, fps: int = TB.fps, mode: str
     return pointer
 
 
-def feasible_advances(pointer: Sequence[int], num_bytes: int, protocol: OrchestratorProtocol) -> list[int]:
-    """Per-frame advances that track `pointer` as closely as the protocol allows (whole text received).
+def feasible_advances(pointer: Sequence[int], text: bytes, protocol: OrchestratorProtocol) -> list[int]:
+    """Per-frame advances that track `pointer` as closely as the protocol allows (whole `text` received).
 
     Mirrors ``plan_chunk``: text enters the context ``2 * lookahead_bytes`` past the pointer once fewer
-    than ``lookahead_bytes`` are left in it; an advance is in [lo, min(max_advance, bytes in context)]
-    with lo = 1 after ``max_stall_frames`` zero advances. A shortfall carries to later frames, past the
-    end of `pointer` if need be (the list is then longer than `pointer`); it ends when the text is spoken.
+    than ``lookahead_bytes`` are left in it; an advance is one of :func:`advance_options` over the bytes
+    in context (0 or to a word end, at most ``max_advance``; not 0 after ``max_stall_frames`` zero
+    advances): the largest that does not pass the target, else (stalled) the smallest. A shortfall
+    carries to later frames, past the end of `pointer` if need be (the list is then longer than
+    `pointer`); it ends when the text is spoken.
     """
     c, vocab = protocol.config, protocol.vocab
+    num_bytes = len(text)
     advances: list[int] = []
     spoken, in_context, stall = 0, 0, 0
     while spoken < num_bytes:
@@ -201,7 +206,8 @@ def feasible_advances(pointer: Sequence[int], num_bytes: int, protocol: Orchestr
             in_context = min(num_bytes, spoken + 2 * c.lookahead_bytes)
         target = pointer[len(advances)] if len(advances) < len(pointer) else num_bytes
         lo = 1 if stall >= c.max_stall_frames else 0
-        advance = min(max(target - spoken, lo), vocab.max_advance, in_context - spoken)
+        options = advance_options(text[spoken:in_context], lo, vocab.max_advance)
+        advance = max((n for n in options if n <= target - spoken), default=options[0])
         advances.append(advance)
         spoken += advance
         stall = 0 if advance else stall + 1
@@ -215,8 +221,8 @@ def frame_targets(sample: Sample, tokenizer: UnitTokenizer, codec: MelAudioCodec
         raise ValueError(f"tokenizer has {tokenizer.config.num_units} units, vocabulary "
                          f"{protocol.vocab.num_units}")
     units = frame_units(sample, tokenizer, codec, silence_rms)
-    num_bytes = len(sample.transcript.encode("utf-8"))
-    advances = feasible_advances(speech_pointer(sample, len(units), mode=pointer), num_bytes, protocol)
+    text = sample.transcript.encode("utf-8")
+    advances = feasible_advances(speech_pointer(sample, len(units), mode=pointer), text, protocol)
     extra = len(advances) - len(units)
     units = torch.cat([units, torch.full((extra,), protocol.vocab.num_units, dtype=torch.long)])
     return FrameTargets(units.long(), torch.tensor(advances, dtype=torch.long))
@@ -302,13 +308,15 @@ class TrainingSequence:
     """One LM context as inference builds it, with what the LM decodes in it.
 
     At a predicted position i (``loss_mask[i] == 1``) the LM chose ``input_ids[i]`` from the logits at
-    i - 1 among the ids ``allowed_lo[i]..allowed_hi[i]``, plus ``<wait>`` where ``allow_wait[i]``.
+    i - 1 among the ids ``allowed_lo[i]..allowed_hi[i]`` but those whose bit ``id - allowed_lo[i]`` is set
+    in ``allowed_gaps[i]`` (advances that stop inside a word), plus ``<wait>`` where ``allow_wait[i]``.
     """
 
     input_ids: list[int]
     loss_mask: list[int]
     allowed_lo: list[int]
     allowed_hi: list[int]
+    allowed_gaps: list[int]
     allow_wait: list[int]
 
 
@@ -366,33 +374,42 @@ def sequences_of(calls: Iterable[StepCall], vocab: StreamCharVocab) -> list[Trai
 
 def _sequence(tokens: list[int], predicted: dict[int, list[int]], vocab: StreamCharVocab) -> TrainingSequence:
     n = len(tokens)
-    mask, lo, hi, wait = [0] * n, [0] * n, [0] * n, [0] * n
+    mask, lo, hi, gaps, wait = [0] * n, [0] * n, [0] * n, [0] * n, [0] * n
     for i, allowed in predicted.items():
         mask[i] = 1
-        lo[i], hi[i], wait[i] = _allowed_range(tuple(allowed), vocab.wait_id)
-    return TrainingSequence(tokens, mask, lo, hi, wait)
+        lo[i], hi[i], gaps[i], wait[i] = _allowed_span(tuple(allowed), vocab.wait_id)
+    return TrainingSequence(tokens, mask, lo, hi, gaps, wait)
+
+
+MAX_GAP_BITS = 31  # allowed_gaps is an int32 bitmask
 
 
 @functools.lru_cache(maxsize=4096)
-def _allowed_range(allowed: tuple[int, ...], wait_id: int) -> tuple[int, int, int]:
-    """(first id, last id, <wait> allowed) of an allowed set that is a range of ids plus maybe <wait>."""
+def _allowed_span(allowed: tuple[int, ...], wait_id: int) -> tuple[int, int, int, int]:
+    """(first id, last id, gaps, <wait> allowed) of an allowed set: the ids between first and last that
+    are missing as bits of `gaps` (bit k: first + k is not allowed), which must fit in 31 bits."""
     ids = sorted(a for a in allowed if a != wait_id)
-    if not ids or ids != list(range(ids[0], ids[-1] + 1)):
-        raise ValueError(f"allowed ids {allowed} are not a range (plus <wait>): the loss cannot encode them")
-    return ids[0], ids[-1], int(wait_id in allowed)
+    if not ids:
+        raise ValueError("an empty allowed set (beyond <wait>) cannot be trained on")
+    present = set(ids)
+    gaps = sum(1 << k for k in range(ids[-1] - ids[0] + 1) if ids[0] + k not in present)
+    if gaps and ids[-1] - ids[0] >= MAX_GAP_BITS:
+        raise ValueError(f"allowed ids {allowed} have gaps beyond {MAX_GAP_BITS} ids: the loss cannot encode them")
+    return ids[0], ids[-1], gaps, int(wait_id in allowed)
 
 
 # ---- cache and batches ---------------------------------------------------------------------------
 
 @dataclass
 class LMBatch:
-    """Right-padded sequences: input_ids [B,N] long, loss_mask [B,N] bool, allowed_lo/hi [B,N] long,
+    """Right-padded sequences: input_ids [B,N] long, loss_mask [B,N] bool, allowed_lo/hi/gaps [B,N] long,
     allow_wait [B,N] bool (see :class:`TrainingSequence`)."""
 
     input_ids: Tensor
     loss_mask: Tensor
     allowed_lo: Tensor
     allowed_hi: Tensor
+    allowed_gaps: Tensor
     allow_wait: Tensor
 
 
@@ -404,11 +421,12 @@ class SequenceSet:
     loss_mask: Tensor  # bool [T]
     allowed_lo: Tensor  # int32 [T]
     allowed_hi: Tensor  # int32 [T]
+    allowed_gaps: Tensor  # int32 [T]
     allow_wait: Tensor  # bool [T]
     offsets: Tensor  # int64 [S+1]
     meta: dict
 
-    FIELDS = ("input_ids", "loss_mask", "allowed_lo", "allowed_hi", "allow_wait")
+    FIELDS = ("input_ids", "loss_mask", "allowed_lo", "allowed_hi", "allowed_gaps", "allow_wait")
 
     @classmethod
     def from_sequences(cls, sequences: Sequence[TrainingSequence], meta: dict) -> SequenceSet:
@@ -419,7 +437,8 @@ class SequenceSet:
             return torch.tensor([v for s in sequences for v in getattr(s, name)], dtype=dtype)
 
         return cls(flat("input_ids", torch.int32), flat("loss_mask", torch.bool), flat("allowed_lo", torch.int32),
-                   flat("allowed_hi", torch.int32), flat("allow_wait", torch.bool), offsets, meta)
+                   flat("allowed_hi", torch.int32), flat("allowed_gaps", torch.int32), flat("allow_wait", torch.bool),
+                   offsets, meta)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
