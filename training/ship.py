@@ -3,9 +3,9 @@
 Copies each given part (``orchestrator/`` from an LM export, ``dit/`` from a DiT export) into the
 target bundle (default: the shipped ``streamchar/checkpoints/tiny``), marks it trained and records
 how it was trained (the export's ``training`` entry) in ``bundle.json``; a part warm-started from the
-one it replaces keeps that one's entry under ``warm_started_from``, so the record covers every run. A DiT is only shipped into
-a bundle whose codecs are the ones it was trained against (same files), since its latents mean
-nothing under other codecs.
+one it replaces keeps that one's entry under ``warm_started_from``, so the record covers every run.
+A DiT is only shipped into a bundle whose codecs are the ones it was trained against (same files),
+since its latents mean nothing under other codecs.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ The context is a sequence of segments::
     <bos> <text> t e x t ... <speak> <adv_2> t e u <adv_0> u ... <text> m o r e ... <speak> ...
 
 Each video frame is ``<adv_n>`` (the progress pointer advances n transcript bytes during the frame,
-0 or up to the end of a word: frames.advance_options), then those n bytes again (the *echo*, forced: the LM never chooses them, see frames.py), then a unit
-token (or ``<wait>`` for silence). Text enters the context lazily,
+0 or up to the end of a word: frames.advance_options), then those n bytes again (the *echo*, forced:
+the LM never chooses them, see frames.py), then a unit token (or ``<wait>`` for silence). Text enters
+the context lazily,
 only while the pointer is within `lookahead_bytes` of the end of the text already in context, in
 pieces of up to ``2 * lookahead_bytes`` past the pointer. A piece ends where the received text ends,
 so a transcript streamed word by word can be cut into different pieces than the same transcript

@@ -2,8 +2,8 @@
 
 Inference never samples freely: at every frame the protocol asks for an advance among the word-end
 advances of ``<adv_lo>..<adv_hi>`` (the stall rule and the text in context set them,
-streamchar/engine/frames.py) and then for a unit or ``<wait>``, and takes the argmax over exactly those ids. So the loss at a predicted position is the
-cross-entropy of the softmax restricted to the allowed ids (``constrained``, the default): it trains
+streamchar/engine/frames.py) and then for a unit or ``<wait>``, and takes the argmax over exactly
+those ids. So the loss at a predicted position is the cross-entropy of the softmax restricted to the allowed ids (``constrained``, the default): it trains
 precisely the comparison decoding makes and spends nothing on pushing down ids that can never be
 chosen there. With ``constrained = false`` it is the plain full-vocabulary cross-entropy (an ablation).
 Every predicted position weighs the same; text, control tokens and padding carry no loss (they are
