@@ -159,7 +159,8 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     from training.data.corpus import SPLITS, CorpusConfig, write_corpus
 
     config = CorpusConfig(seed=args.seed, image_size=args.size, train_samples=args.train_samples,
-                          val_samples=args.val_samples, test_samples=args.test_samples)
+                          val_samples=args.val_samples, test_samples=args.test_samples,
+                          speech_only=args.speech_only)
     started = time.perf_counter()
     stats = write_corpus(Path(args.out), config, progress=not args.quiet)
     wall = time.perf_counter() - started
@@ -341,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--train-samples", type=int, default=900)
     corpus.add_argument("--val-samples", type=int, default=60)
     corpus.add_argument("--test-samples", type=int, default=120)
+    corpus.add_argument("--speech-only", action="store_true",
+                        help="transcripts, speech and alignments without rendered frames (orchestrator LM data)")
     corpus.add_argument("-q", "--quiet", action="store_true")
     corpus.set_defaults(func=cmd_corpus)
 

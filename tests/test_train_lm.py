@@ -213,6 +213,7 @@ def test_torchrun_two_ranks_resume_export_and_eval(tmp_path, capsys):
     torchrun = Path(sys.executable).parent / "torchrun"
     overrides = [f"run.out={out}", "run.batch_size=2", "run.log_every=1", "run.warmup_steps=1",
                  "run.progress=false", "run.threads=1", "run.backend=gloo", f"data.corpus={corpus}",
+                 "data.extra_corpora=",  # no speech-only corpus here
                  f"data.cache={tmp_path / 'cache'}", *(f"model.{k}={v}" for k, v in TINY_LM.items())]
     env = {**os.environ, "LOG_LEVEL": "INFO", "OMP_NUM_THREADS": "1"}
 
@@ -274,3 +275,32 @@ def test_warm_start_copies_what_fits_when_the_unit_inventory_changes(tmp_path):
                        source.state_dict()["model.layers.1.mlp.gate_proj.weight"])
     with pytest.raises(FileNotFoundError, match="neither a training checkpoint"):
         warm_start(target, tmp_path / "nowhere")
+
+
+def test_speech_only_corpus_extends_the_lm_data(samples, codecs, tmp_path):
+    """A speech-only sample is the rendered sample without its frames, so it gives the LM the very same
+    sequences; its caches concatenate after the corpus's, and the DiT refuses such a corpus."""
+    from training.pipelines.dit_data import precompute
+    from training.pipelines.lm_data import CacheSpec, ensure_cache, sample_sequences
+
+    speech = SampleGenerator(CorpusConfig(speech_only=True)).generate("train", 1)
+    full = samples[1]
+    assert speech.frames.shape == (full.num_frames, 0, 0, 3) and speech.transcript == full.transcript
+    np.testing.assert_array_equal(speech.waveform, full.waveform)
+    protocol = OrchestratorProtocol(VOCAB, TimeBase().frames_per_chunk, SMALL)
+    spec = CacheSpec(tmp_path, "train", protocol, codecs, True, 1e-3)
+    assert [s.input_ids for s in sample_sequences(speech, spec)] == [s.input_ids for s in sample_sequences(full, spec)]
+
+    sets = []
+    for name, config in (("rendered", CorpusConfig(seed=5, train_samples=2, val_samples=0, test_samples=0)),
+                         ("speech", CorpusConfig(seed=6, train_samples=3, val_samples=0, test_samples=0,
+                                                 speech_only=True))):
+        write_corpus(tmp_path / name, config, progress=False)
+        corpus_spec = CacheSpec(tmp_path / name, "train", protocol, codecs, False, 1e-3)
+        sets.append(SequenceSet.load(ensure_cache(corpus_spec, tmp_path / "cache", progress=False)))
+    both = SequenceSet.concat(sets)
+    assert len(both) == len(sets[0]) + len(sets[1]) and len(sets[1]) >= 3
+    assert torch.equal(both.batch([len(sets[0])], 0).input_ids, sets[1].batch([0], 0).input_ids)
+    assert torch.equal(both.batch([len(sets[0]) - 1], 0).input_ids, sets[0].batch([len(sets[0]) - 1], 0).input_ids)
+    with pytest.raises(ValueError, match="speech-only"):
+        precompute(tmp_path / "speech", tmp_path / "dit-cache", "train", None, progress=False)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from streamchar.timebase import TimeBase
 from training.data.schema import PhonemeEvent, Sample
+
+if TYPE_CHECKING:
+    from training.data.speech import SpeakerParams
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,9 @@ class CorpusConfig:
     val_samples: int = 60
     test_samples: int = 120
     samples_per_shard: int = 64
+    # Speech only: no frames are rendered (frames are [F, 0, 0, 3]), for text-and-speech consumers such
+    # as the orchestrator LM, whose data needs transcripts, phoneme alignments and waveforms only.
+    speech_only: bool = False
 
     def samples(self, split: str) -> int:
         return {"train": self.train_samples, "val": self.val_samples, "test": self.test_samples}[split]
@@ -80,6 +87,8 @@ def pool(kind: str, split: str, config: CorpusConfig) -> list[int]:
 class SampleGenerator:
     """Generates samples; holds the (process-global) espeak-ng synthesizer."""
 
+    MAX_SPEECH_ATTEMPTS = 4  # transcripts drawn for a sample before an espeak-ng crash is an error
+
     def __init__(self, config: CorpusConfig) -> None:
         from training.data.speech import EspeakSynthesizer
 
@@ -90,7 +99,6 @@ class SampleGenerator:
     def generate(self, split: str, index: int) -> Sample:
         from training.data.characters import CharacterParams, render_clip
         from training.data.speech import SpeakerParams
-        from training.data.transcripts import transcript_from_seed
         from training.data.visemes import mouth_track
 
         c = self.config
@@ -100,15 +108,35 @@ class SampleGenerator:
         speaker_id = speakers[(key // len(identities)) % len(speakers)]
         character = CharacterParams.from_seed(identity_id, stable_hash("identity", identity_id))
         speaker = SpeakerParams.from_seed(speaker_id, stable_hash("speaker", speaker_id))
-        transcript = transcript_from_seed(stable_hash(c.seed, "transcript", split, index))
-        waveform, phonemes = self.synth.synthesize(transcript, speaker)
+        transcript, waveform, phonemes = self._speak(split, index, speaker)
         num_frames = max(1, math.ceil(len(waveform) / TB.samples_per_frame))
         waveform = np.pad(waveform, (0, num_frames * TB.samples_per_frame - len(waveform))).astype(np.float32)
         mouth = mouth_track(phonemes, num_frames, TB.fps)
-        frames = render_clip(character, mouth, stable_hash(c.seed, "motion", split, index), c.image_size, TB.fps)
+        if c.speech_only:
+            frames = np.zeros((num_frames, 0, 0, 3), dtype=np.uint8)
+        else:
+            frames = render_clip(character, mouth, stable_hash(c.seed, "motion", split, index), c.image_size, TB.fps)
         return Sample(sample_id=f"{split}-{index:06d}", split=split, transcript=transcript, phonemes=phonemes,
                       waveform=waveform, frames=frames, character=character.to_dict(), speaker=speaker.to_dict(),
                       mouth=mouth.astype(np.float32))
+
+    def _speak(self, split: str, index: int, speaker: SpeakerParams) -> tuple[str, np.ndarray, list[PhonemeEvent]]:
+        """The sample's transcript and its speech. Where espeak-ng crashes on the drawn text, the next
+        draw (seeded by the attempt number too) replaces it: still a pure function of the sample's key."""
+        from training.data.speech import EspeakCrash
+        from training.data.transcripts import transcript_from_seed
+
+        seed = self.config.seed
+        for attempt in range(self.MAX_SPEECH_ATTEMPTS):
+            parts = (seed, "transcript", split, index) + ((attempt,) if attempt else ())
+            transcript = transcript_from_seed(stable_hash(*parts))
+            try:
+                waveform, phonemes = self.synth.synthesize(transcript, speaker)
+            except EspeakCrash as exc:
+                log.warning("%s-%06d: %s; drawing another transcript", split, index, exc)
+                continue
+            return transcript, waveform, phonemes
+        raise RuntimeError(f"espeak-ng crashed on {self.MAX_SPEECH_ATTEMPTS} transcripts for {split}-{index:06d}")
 
 
 # ---- shards ---------------------------------------------------------------------------------

@@ -278,8 +278,8 @@ def _serve_zygote() -> None:
     """The helper process: initialise espeak-ng once, then fork one child per request.
 
     Protocol on stdin/stdout: length-prefixed pickles. The first reply is a handshake
-    {"sample_rate", "version", "variants"}; each request dict is answered by ("ok", (pcm, events))
-    or ("error", message). Exits at EOF on stdin.
+    {"sample_rate", "version", "variants"}; each request dict is answered by ("ok", (pcm, events)),
+    ("error", message), or ("crashed", message) when the child died mid-synthesis. Exits at EOF on stdin.
     """
     fd_in, fd_out = 0, os.dup(1)
     os.dup2(2, 1)  # stray prints from the library must not corrupt the protocol stream
@@ -314,7 +314,7 @@ def _serve_zygote() -> None:
         _, status = os.waitpid(pid, 0)
         # Relay the child's framed reply as it is, unless it died before writing all of it.
         if len(reply) < 8 or len(reply) != 8 + struct.unpack("<Q", reply[:8])[0]:
-            _send(fd_out, ("error", f"espeak child died (wait status {status})"))
+            _send(fd_out, ("crashed", f"espeak child died (wait status {status})"))
         else:
             _write_all(fd_out, reply)
 
@@ -459,6 +459,12 @@ def phoneme_events(text: str, raw: list[_RawEvent], n_in: int, n_out: int) -> li
     return events
 
 
+class EspeakCrash(RuntimeError):
+    """espeak-ng died (e.g. SIGSEGV) synthesising a text: 1.51 does so, reproducibly, on a few
+    (text, voice) pairs through the library API (seen: a sentence ending "... in the laboratory." with
+    en-029+rob at pitch 31, rate 152). The helper survives; the caller may try another text."""
+
+
 class EspeakSynthesizer:
     """Text + SpeakerParams -> (waveform float32 [S] at 16 kHz in [-1, 1], phoneme events).
 
@@ -530,6 +536,8 @@ class EspeakSynthesizer:
         except (OSError, EOFError, TimeoutError) as exc:
             self.close()  # a wedged or dead helper is replaced on the next call
             raise RuntimeError(f"espeak-ng helper failed: {exc}") from exc
+        if status == "crashed":
+            raise EspeakCrash(f"espeak-ng crashed on {text!r} with voice {speaker.espeak_voice!r}: {payload}")
         if status != "ok":
             raise RuntimeError(f"espeak-ng: {payload}")
         pcm, events = payload

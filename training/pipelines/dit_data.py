@@ -163,6 +163,9 @@ def precompute(corpus: str | Path, cache: str | Path, split: str, codecs: Codecs
     paths = shard_paths(Path(corpus), split)
     if not paths:
         raise FileNotFoundError(f"no corpus shards for split {split!r} under {corpus}")
+    manifest = Path(corpus) / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text())["config"].get("speech_only"):
+        raise ValueError(f"{corpus} is a speech-only corpus (no frames): the DiT needs a rendered one")
     out_dir = split_dir(cache, split)
     out_dir.mkdir(parents=True, exist_ok=True)
     codecs_digest = codecs.digest()

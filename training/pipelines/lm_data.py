@@ -440,6 +440,16 @@ class SequenceSet:
                    flat("allowed_hi", torch.int32), flat("allowed_gaps", torch.int32), flat("allow_wait", torch.bool),
                    offsets, meta)
 
+    @classmethod
+    def concat(cls, sets: Sequence[SequenceSet]) -> SequenceSet:
+        """One set holding the sequences of `sets`, in order; meta lists theirs under "parts"."""
+        if len(sets) == 1:
+            return sets[0]
+        bases = np.cumsum([0, *(len(s.input_ids) for s in sets[:-1])]).tolist()
+        offsets = torch.cat([sets[0].offsets[:1], *(s.offsets[1:] + base for s, base in zip(sets, bases))])
+        return cls(**{f: torch.cat([getattr(s, f) for s in sets]) for f in cls.FIELDS}, offsets=offsets,
+                   meta={"parts": [s.meta for s in sets]})
+
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
@@ -533,6 +543,9 @@ def ensure_cache(spec: CacheSpec, cache_dir: Path, progress: bool = True) -> Pat
     """Build the split's sequence cache unless a cache with the same key exists; returns its path."""
     from tqdm import tqdm
 
+    if not shard_paths(spec.corpus, spec.split):
+        raise FileNotFoundError(f"no {spec.split} shards under {spec.corpus}: generate that corpus first "
+                                f"(`streamchar corpus --out {spec.corpus}`, with --speech-only for an LM-only one)")
     path = spec.path(cache_dir)
     if path.exists():
         return path

@@ -108,6 +108,10 @@ class LMModelConfig:
 @dataclass(frozen=True)
 class LMDataConfig:
     corpus: str = "data/corpus"
+    # More corpora whose `split` is trained on with the corpus's, e.g. a speech-only corpus
+    # (`streamchar corpus --speech-only`): the LM needs no frames, so its data can grow far beyond
+    # what the DiT's rendered corpus holds. Their identities and voices come from the same split pools.
+    extra_corpora: tuple[str, ...] = ()
     cache: str = "data/cache"
     bundle: str = ""  # audio codec + unit tokenizer; "": the shipped bundle of the model preset
     split: str = "train"
@@ -140,9 +144,15 @@ def make_protocol(config: LMTrainConfig) -> OrchestratorProtocol:
     return OrchestratorProtocol(config.model.vocab(bundle_dir(config)), TB.frames_per_chunk, config.protocol)
 
 
-def cache_spec(config: LMTrainConfig, split: str, codecs: UnitCodecs) -> CacheSpec:
-    return CacheSpec(Path(config.data.corpus), split, make_protocol(config), codecs, config.data.streamed,
+def cache_spec(config: LMTrainConfig, split: str, codecs: UnitCodecs, corpus: str = "") -> CacheSpec:
+    return CacheSpec(Path(corpus or config.data.corpus), split, make_protocol(config), codecs, config.data.streamed,
                      config.data.silence_rms, config.data.pointer)
+
+
+def training_specs(config: LMTrainConfig, codecs: UnitCodecs) -> list[CacheSpec]:
+    """The caches trained on: the corpus's split, then each extra corpus's."""
+    return [cache_spec(config, config.data.split, codecs, corpus)
+            for corpus in (config.data.corpus, *config.data.extra_corpora)]
 
 
 # ---- training -------------------------------------------------------------------------------------
@@ -156,12 +166,13 @@ def train(config: LMTrainConfig) -> Path | None:
     if lm_config.max_position_embeddings < config.protocol.max_context:
         raise ValueError(f"max_position_embeddings {lm_config.max_position_embeddings} < protocol max_context "
                          f"{config.protocol.max_context}: contexts would not fit")
-    spec = cache_spec(config, config.data.split, load_unit_codecs(bundle_dir(config)))
+    specs = training_specs(config, load_unit_codecs(bundle_dir(config)))
     if info.is_main:
-        ensure_cache(spec, Path(config.data.cache), r.progress)
+        for spec in specs:
+            ensure_cache(spec, Path(config.data.cache), r.progress)
     if info.distributed:
-        dist.barrier()  # the other ranks read the cache rank 0 just made
-    data = SequenceSet.load(spec.path(Path(config.data.cache)))
+        dist.barrier()  # the other ranks read the caches rank 0 just made
+    data = SequenceSet.concat([SequenceSet.load(spec.path(Path(config.data.cache))) for spec in specs])
     model = OrchestratorLM(lm_config).init_weights(r.seed)
     if info.is_main:
         log.info("lm: %s, %.2fM parameters; %d sequences (%d tokens, %d predicted) of %s", lm_config,
@@ -428,7 +439,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(os.cpu_count() or 1)
         codecs = load_unit_codecs(bundle_dir(config))
         for split in args.split or [config.data.split]:
-            print(ensure_cache(cache_spec(config, split, codecs), Path(config.data.cache), config.run.progress))
+            specs = ([cache_spec(config, split, codecs)] if split != config.data.split
+                     else training_specs(config, codecs))
+            for spec in specs:
+                print(ensure_cache(spec, Path(config.data.cache), config.run.progress))
         return 0
     train(config)
     return 0
