@@ -30,6 +30,7 @@ from training.objectives.flow_matching import (
     draw_noise,
     flow_matching_loss,
     interpolate,
+    mouth_mask,
     velocity_target,
 )
 from training.pipelines.dit_data import (
@@ -232,6 +233,53 @@ def test_loss_is_zero_at_the_sampler_convention(latents: LatentCache, codecs: Co
     assert metrics["loss_video"] == pytest.approx(expected_video, rel=1e-4)
     assert float(loss) == pytest.approx(2.0 * metrics["loss_video"] + 0.5 * metrics["loss_audio"], rel=1e-5)
     assert torch.allclose(velocity_target(batch.video, noise.video), noise.video - batch.video)
+
+
+def test_mouth_weight_shifts_the_video_term_onto_the_mouth_box(latents: LatentCache, codecs: Codecs) -> None:
+    batch = ChunkSampler(latents, dit_config(codecs).silence_unit).draw(4, torch.Generator().manual_seed(1))
+    plain = FlowMatchingConfig()
+    noise = draw_noise(plain, batch.video.shape, batch.audio.shape, torch.Generator().manual_seed(2))
+    noise.t = noise.t.clamp(min=0.05)
+    h, w = batch.video.shape[-2:]
+    mask = mouth_mask(plain.mouth_box, h, w)
+    # An oracle wrong only inside the mouth box: its error is the box's share of the frame, or more.
+    off = torch.where(mask, 0.1, 0.0)
+    model = OracleDiT(batch.video - off, batch.audio)
+    err = ((off / noise.t.view(-1, 1, 1, 1, 1)) ** 2).expand_as(batch.video)
+    _, base = flow_matching_loss(model, batch.video, batch.audio, batch.cond, noise, plain)
+    _, heavy = flow_matching_loss(model, batch.video, batch.audio, batch.cond, noise,
+                                  FlowMatchingConfig(mouth_weight=6.0))
+    share = float(mask.float().mean())
+    assert base["loss_video"] == pytest.approx(float(err.mean()), rel=1e-4)
+    assert heavy["loss_video"] == pytest.approx(float(err.mean()) * 6 / (1 + 5 * share), rel=1e-4)
+    assert heavy["loss_mouth"] == pytest.approx(base["loss_mouth"]) == pytest.approx(float(err[..., mask].mean()),
+                                                                                      rel=1e-4)
+    # Wrong only outside the box: the weighting discounts it, and the mouth term sees nothing.
+    model = OracleDiT(batch.video - (0.1 - off), batch.audio)
+    _, base = flow_matching_loss(model, batch.video, batch.audio, batch.cond, noise, plain)
+    _, heavy = flow_matching_loss(model, batch.video, batch.audio, batch.cond, noise,
+                                  FlowMatchingConfig(mouth_weight=6.0))
+    assert heavy["loss_video"] < base["loss_video"] and heavy["loss_mouth"] < 1e-10
+    with pytest.raises(ValueError, match="mouth_box"):
+        FlowMatchingConfig(mouth_box=(0.9, 0.2, 0.3, 0.5))
+    with pytest.raises(ValueError, match="mouth_weight"):
+        FlowMatchingConfig(mouth_weight=0.0)
+
+
+def test_the_mouth_box_holds_where_talking_frames_change(corpus: Path) -> None:
+    """The default box is the corpus's: per pixel, frames change several times more inside it than
+    in the rest of the lower face (below the eyes), for every sample."""
+    top, left, height, width = FlowMatchingConfig().mouth_box
+    for sample in ShardDataset(corpus, "train"):
+        frames = sample.frames.astype(np.float32).mean(-1)
+        H, W = frames.shape[1:]
+        change = np.abs(np.diff(frames, axis=0)).mean(0)  # [H, W]
+        inside = np.zeros((H, W), dtype=bool)
+        inside[round(top * H):round((top + height) * H), round(left * W):round((left + width) * W)] = True
+        lower = np.zeros((H, W), dtype=bool)
+        lower[H // 2 - 4:] = True
+        ratio = change[inside].mean() / change[lower & ~inside].mean()
+        assert ratio > 4, (sample.sample_id, ratio)
 
 
 def test_logit_normal_t_stays_inside_the_unit_interval() -> None:
