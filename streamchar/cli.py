@@ -374,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score systems (ground truth, pipeline checkpoints) on the evaluation "
                         "protocols; writes report.md, results.json and PNG plots")
     ev.add_argument("--system", action="append", required=True,
-                    help="'ground-truth' or 'pipeline[,label=NAME][,checkpoint=DIR][,steps=N][,KEY=VALUE...]' "
+                    help="'ground-truth', 'codecs[,checkpoint=DIR]' (ground truth through the codecs) or "
+                    "'pipeline[,label=NAME][,checkpoint=DIR][,steps=N][,KEY=VALUE...]' "
                     "(KEY=VALUE sets STREAMCHAR_KEY for the services); repeat for several rows")
     ev.add_argument("--protocol", action="append", choices=("short", "long"), default=None,
                     help="short clips and/or long-horizon streams (default: both)")

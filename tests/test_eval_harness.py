@@ -16,7 +16,7 @@ import pytest
 
 from training.data.corpus import CorpusConfig, write_corpus
 from training.eval.protocols import long_stream_items, short_clip_items
-from training.eval.systems import GroundTruthSystem, PipelineSystem, parse_system
+from training.eval.systems import CodecRoundTripSystem, GroundTruthSystem, PipelineSystem, parse_system
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None and shutil.which("espeak") is None,
                                 reason="espeak-ng generates the ground truth")
@@ -37,7 +37,10 @@ def test_parse_system_specs():
     assert isinstance(p, PipelineSystem)
     assert p.label == "teacher" and p.options == {"checkpoint": "ckpt/t", "steps": "32"}
     assert p.spec == "pipeline,checkpoint=ckpt/t,steps=32"
-    for bad in ("nonsense", "pipeline,steps", "ground-truth,steps=2", ""):
+    c = parse_system("codecs,checkpoint=ckpt/t")
+    assert isinstance(c, CodecRoundTripSystem) and c.label == "codecs" and c.checkpoint == "ckpt/t"
+    assert parse_system("codecs").spec == "codecs"
+    for bad in ("nonsense", "pipeline,steps", "ground-truth,steps=2", "", "codecs,steps=2", "codecs,checkpoint"):
         with pytest.raises(ValueError):
             parse_system(bad)
 
@@ -53,6 +56,21 @@ def test_short_clips_are_test_utterances_of_3_to_10_seconds(corpus):
         # The reference is the identity's neutral render: close to its frames, not one of them.
         assert np.abs(it.reference.astype(float) - it.frames[0]).mean() < 20
     assert len(short_clip_items(corpus, limit=1)) == 1
+
+
+def test_the_codec_round_trip_keeps_the_clip_and_its_sync(corpus):
+    from training.eval.sync import load_sync, sync_scores
+
+    item = short_clip_items(corpus, limit=1)[0]
+    out = CodecRoundTripSystem().run(item)
+    assert out.frames.shape == item.frames.shape and out.frames.dtype == np.uint8
+    assert out.waveform.shape == item.waveform.shape and out.waveform.dtype == np.float32
+    mse = np.mean((out.frames.astype(float) - item.frames) ** 2)
+    assert 0 < mse and 10 * np.log10(255 ** 2 / mse) > 25, "the tiny video codec's PSNR is ~31 dB"
+    assert not np.array_equal(out.waveform, item.waveform)
+    envelope = [np.sqrt((w.reshape(-1, 640) ** 2).mean(1)) for w in (out.waveform, item.waveform)]
+    assert np.corrcoef(*envelope)[0, 1] > 0.8, "Griffin-Lim keeps the loudness contour"
+    assert sync_scores(load_sync(), out.frames, out.waveform).offset == 0
 
 
 def test_long_streams_last_at_least_the_target_and_stream_word_by_word():

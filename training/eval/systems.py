@@ -7,7 +7,12 @@ three services and Redis as local processes (``streamchar.localstack``, the same
 real-time pacing (the stream is generated as fast as the renderer can), text sent at once or word
 by word at the item's pace.
 
-System specs on the command line: ``ground-truth``, or ``pipeline`` followed by comma-separated
+``codecs`` is the ground truth round-tripped through a bundle's video codec (encode, decode each
+frame) and audio codec (mel latents, Griffin-Lim back to a waveform): the ceiling of any system that
+generates those latents, so a row far below ground truth but close to ``codecs`` is the codecs', not
+the models' doing.
+
+System specs on the command line: ``ground-truth``, ``codecs[,checkpoint=DIR]``, or ``pipeline`` followed by comma-separated
 ``key=value`` options: ``label=NAME`` names the row, every other key is a service setting passed
 as ``STREAMCHAR_<KEY>`` to the orchestrator, renderer and gateway (each takes the settings it
 knows), e.g. ``pipeline,label=teacher,checkpoint=ckpt/teacher,steps=32,guidance=3``.
@@ -69,6 +74,34 @@ class GroundTruthSystem(System):
 
     def run(self, item: EvalItem) -> SystemOutput:
         return SystemOutput(frames=item.frames, waveform=item.waveform)
+
+
+class CodecRoundTripSystem(System):
+    """The ground truth through a bundle's codecs (default: the shipped tiny bundle)."""
+
+    def __init__(self, checkpoint: str = "") -> None:
+        self.label = "codecs"
+        self.spec = f"codecs,checkpoint={checkpoint}" if checkpoint else "codecs"
+        self.checkpoint = checkpoint
+        self._codecs = None
+
+    def run(self, item: EvalItem) -> SystemOutput:
+        import torch
+
+        from training.pipelines.dit_data import load_codecs, to_unit_range
+
+        if self._codecs is None:
+            self._codecs = load_codecs(self.checkpoint or None)
+        codecs = self._codecs
+        with torch.inference_mode():
+            frames = [codecs.video.decode(codecs.video.encode(to_unit_range(item.frames[i:i + 64])))
+                      for i in range(0, len(item.frames), 64)]
+            waveform = torch.from_numpy(np.ascontiguousarray(item.waveform, np.float32))[None]
+            pcm = codecs.audio.decode(codecs.audio.encode(waveform))[0].numpy()
+        video = ((torch.cat(frames).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        n = len(item.waveform)
+        pcm = pcm[:n] if len(pcm) >= n else np.pad(pcm, (0, n - len(pcm)))
+        return SystemOutput(frames=np.ascontiguousarray(video), waveform=pcm.astype(np.float32))
 
 
 class PipelineSystem(System):
@@ -161,14 +194,19 @@ async def _drive(gateway: str, item: EvalItem) -> SystemOutput:
 
 
 def parse_system(spec: str) -> System:
-    """``ground-truth`` or ``pipeline[,key=value...]`` (see the module docstring)."""
+    """``ground-truth``, ``codecs[,checkpoint=DIR]`` or ``pipeline[,key=value...]`` (see the module docstring)."""
     name, *rest = [p.strip() for p in spec.split(",") if p.strip()] or [""]
     if name in ("ground-truth", "gt"):
         if rest:
             raise ValueError(f"ground-truth takes no options: {spec!r}")
         return GroundTruthSystem()
+    if name == "codecs":
+        options = dict(part.partition("=")[::2] for part in rest)
+        if any(not part.partition("=")[1] for part in rest) or set(options) - {"checkpoint"}:
+            raise ValueError(f"codecs takes only checkpoint=DIR: {spec!r}")
+        return CodecRoundTripSystem(options.get("checkpoint", ""))
     if name != "pipeline":
-        raise ValueError(f"unknown system {spec!r}: expected 'ground-truth' or 'pipeline[,key=value...]'")
+        raise ValueError(f"unknown system {spec!r}: expected 'ground-truth', 'codecs' or 'pipeline[,key=value...]'")
     options = {}
     for part in rest:
         key, sep, value = part.partition("=")
