@@ -269,13 +269,11 @@ def test_mouth_weight_shifts_the_video_term_onto_the_mouth_box(latents: LatentCa
 def test_the_mouth_box_holds_where_talking_frames_change(corpus: Path) -> None:
     """The default box is the corpus's: per pixel, frames change several times more inside it than
     in the rest of the lower face (below the eyes), for every sample."""
-    top, left, height, width = FlowMatchingConfig().mouth_box
     for sample in ShardDataset(corpus, "train"):
         frames = sample.frames.astype(np.float32).mean(-1)
         H, W = frames.shape[1:]
         change = np.abs(np.diff(frames, axis=0)).mean(0)  # [H, W]
-        inside = np.zeros((H, W), dtype=bool)
-        inside[round(top * H):round((top + height) * H), round(left * W):round((left + width) * W)] = True
+        inside = mouth_mask(FlowMatchingConfig().mouth_box, H, W).numpy()  # the same box at pixel resolution
         lower = np.zeros((H, W), dtype=bool)
         lower[H // 2 - 4:] = True
         ratio = change[inside].mean() / change[lower & ~inside].mean()

@@ -88,20 +88,19 @@ class CodecRoundTripSystem(System):
     def run(self, item: EvalItem) -> SystemOutput:
         import torch
 
-        from training.pipelines.dit_data import load_codecs, to_unit_range
+        from training.eval.sync import fit_waveform
+        from training.pipelines.dit_data import from_unit_range, load_codecs, to_unit_range
 
         if self._codecs is None:
             self._codecs = load_codecs(self.checkpoint or None)
         codecs = self._codecs
         with torch.inference_mode():
-            frames = [codecs.video.decode(codecs.video.encode(to_unit_range(item.frames[i:i + 64])))
+            frames = [from_unit_range(codecs.video.decode(codecs.video.encode(to_unit_range(item.frames[i:i + 64]))))
                       for i in range(0, len(item.frames), 64)]
             waveform = torch.from_numpy(np.ascontiguousarray(item.waveform, np.float32))[None]
             pcm = codecs.audio.decode(codecs.audio.encode(waveform))[0].numpy()
-        video = ((torch.cat(frames).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        n = len(item.waveform)
-        pcm = pcm[:n] if len(pcm) >= n else np.pad(pcm, (0, n - len(pcm)))
-        return SystemOutput(frames=np.ascontiguousarray(video), waveform=pcm.astype(np.float32))
+        return SystemOutput(frames=np.ascontiguousarray(torch.cat(frames).numpy()),
+                            waveform=fit_waveform(pcm, len(item.frames)))
 
 
 class PipelineSystem(System):
@@ -200,17 +199,16 @@ def parse_system(spec: str) -> System:
         if rest:
             raise ValueError(f"ground-truth takes no options: {spec!r}")
         return GroundTruthSystem()
-    if name == "codecs":
-        options = dict(part.partition("=")[::2] for part in rest)
-        if any(not part.partition("=")[1] for part in rest) or set(options) - {"checkpoint"}:
-            raise ValueError(f"codecs takes only checkpoint=DIR: {spec!r}")
-        return CodecRoundTripSystem(options.get("checkpoint", ""))
-    if name != "pipeline":
-        raise ValueError(f"unknown system {spec!r}: expected 'ground-truth', 'codecs' or 'pipeline[,key=value...]'")
     options = {}
     for part in rest:
         key, sep, value = part.partition("=")
         if not sep or not key:
             raise ValueError(f"system option {part!r} is not key=value (in {spec!r})")
         options[key.strip().lower()] = value.strip()
+    if name == "codecs":
+        if set(options) - {"checkpoint"}:
+            raise ValueError(f"codecs takes only checkpoint=DIR: {spec!r}")
+        return CodecRoundTripSystem(options.get("checkpoint", ""))
+    if name != "pipeline":
+        raise ValueError(f"unknown system {spec!r}: expected 'ground-truth', 'codecs' or 'pipeline[,key=value...]'")
     return PipelineSystem(options)

@@ -10,9 +10,10 @@ Each term is a per-element mean, so a chunk's 16k video values do not drown its 
 latents are ~unit variance by construction (video codec ``latent_scale``, audio codec normalisation),
 so equal weights give the modalities equal say. Both terms are reported separately.
 
-The mouth. Lip sync lives in a few percent of a frame: in the synthetic corpus nearly all of a
-talking frame's change is the mouth (and blinks), about 3 % of the pixels, so a plain per-element
-mean spends ~97 % of the video term on a face that barely changes. ``mouth_weight`` > 1 multiplies
+The mouth. Lip sync lives in a small part of a frame: in the synthetic corpus nearly all of a
+talking frame's change is the mouth (and blinks); the default box is 9 % of the frame and changes
+several times more per pixel than the rest of the lower face (tests/test_train_dit.py), so a plain
+per-element mean spends most of the video term on a face that barely changes. ``mouth_weight`` > 1 multiplies
 the squared error inside ``mouth_box`` (fractions of the frame: top, left, height, width, mapped
 onto the latent grid) and renormalises by the mean weight, so the video term keeps its scale:
 

@@ -105,6 +105,11 @@ def to_unit_range(images: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+def from_unit_range(frames: Tensor) -> Tensor:
+    """float [B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3], quantised as the renderer does."""
+    return ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
 # ---- precompute -----------------------------------------------------------------------------------
 
 @dataclass

@@ -74,6 +74,7 @@ from training.pipelines.dit_data import (
     ChunkSamplingConfig,
     Codecs,
     LatentCache,
+    from_unit_range,
     load_codecs,
     precompute,
     splits_in,
@@ -295,11 +296,6 @@ def _psnr(a: Tensor, b: Tensor) -> float:
     return 10 * math.log10(255.0**2 / max(mse, 1e-10))
 
 
-def _to_uint8(frames: Tensor) -> Tensor:
-    """[N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3], quantised as the renderer does."""
-    return ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
-
-
 def _mouth(frames: Tensor) -> Tensor:
     """uint8 [..., H, W, 3] -> float [..., h, w, 3], the mouth box."""
     top, left, height, width = MOUTH_BOX
@@ -323,7 +319,7 @@ def chunk_metrics(video: Tensor, audio: Tensor, frames: Tensor, gt_video: Tensor
 @torch.inference_mode()
 def decode_frames(models: RendererModels, video: Tensor) -> Tensor:
     """[B, F, C, h, w] latents -> uint8 [B, F, H, W, 3]."""
-    frames = _to_uint8(models.video_codec.decode(video.flatten(0, 1)))
+    frames = from_unit_range(models.video_codec.decode(video.flatten(0, 1)))
     return frames.reshape(*video.shape[:2], *frames.shape[1:])
 
 
