@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -162,7 +163,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
                           val_samples=args.val_samples, test_samples=args.test_samples,
                           speech_only=args.speech_only)
     started = time.perf_counter()
-    stats = write_corpus(Path(args.out), config, progress=not args.quiet)
+    stats = write_corpus(Path(args.out), config, progress=not args.quiet, workers=args.workers)
     wall = time.perf_counter() - started
     for split in SPLITS:
         st = stats[split]
@@ -344,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--test-samples", type=int, default=120)
     corpus.add_argument("--speech-only", action="store_true",
                         help="transcripts, speech and alignments without rendered frames (orchestrator LM data)")
+    corpus.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes writing shards at once (default: one per core)")
     corpus.add_argument("-q", "--quiet", action="store_true")
     corpus.set_defaults(func=cmd_corpus)
 

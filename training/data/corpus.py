@@ -200,17 +200,31 @@ class CorpusStats:
         return self.seconds / self.wall_seconds if self.wall_seconds else 0.0
 
 
-def write_corpus(root: Path, config: CorpusConfig, progress: bool = True) -> dict[str, CorpusStats]:
-    """Generate every split to shards under `root`; existing complete shards are kept (resumable)."""
+def _write_shard_job(config: CorpusConfig, split: str, first: int, count: int, path: str) -> tuple[float, float]:
+    """One shard, in a worker process: (seconds of corpus, wall seconds). Samples are pure functions of
+    (seed, split, index), so shards written in any order, by any process, are the same bytes."""
+    t0 = time.perf_counter()
+    generator = SampleGenerator(config)
+    samples = [generator.generate(split, i) for i in range(first, first + count)]
+    write_shard(Path(path), samples)
+    return sum(s.num_frames for s in samples) / TB.fps, time.perf_counter() - t0
+
+
+def write_corpus(root: Path, config: CorpusConfig, progress: bool = True, workers: int = 1) -> dict[str, CorpusStats]:
+    """Generate every split to shards under `root`; existing complete shards are kept (resumable).
+    `workers` > 1 writes shards in that many processes at once (one shard per job)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
     from tqdm import tqdm
 
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     root = Path(root)
-    generator = SampleGenerator(config)
-    stats: dict[str, CorpusStats] = {}
+    stats = {split: CorpusStats() for split in SPLITS}
+    jobs: list[tuple[str, int, int, Path]] = []
     for split in SPLITS:
         n = config.samples(split)
-        st = stats[split] = CorpusStats()
-        bar = tqdm(total=n, desc=f"corpus {split}", unit="sample", disable=not progress)
+        st = stats[split]
         for first in range(0, n, config.samples_per_shard):
             path = root / split / f"shard-{first // config.samples_per_shard:05d}.safetensors"
             count = min(config.samples_per_shard, n - first)
@@ -218,18 +232,38 @@ def write_corpus(root: Path, config: CorpusConfig, progress: bool = True) -> dic
                 shard = Shard(path)
                 st.samples += len(shard)
                 st.seconds += sum(r["num_frames"] for r in shard.records) / TB.fps
-                bar.update(count)
-                continue
+            else:
+                jobs.append((split, first, count, path))
+    total = sum(config.samples(s) for s in SPLITS)
+    bar = tqdm(total=total, initial=total - sum(j[2] for j in jobs), desc="corpus", unit="sample",
+               disable=not progress)
+
+    def done(split: str, count: int, seconds: float, wall: float) -> None:
+        st = stats[split]
+        st.samples += count
+        st.seconds += seconds
+        st.wall_seconds += wall
+
+    if workers == 1:
+        generator = SampleGenerator(config)
+        for split, first, count, path in jobs:
             t0 = time.perf_counter()
             samples = []
             for i in range(first, first + count):
                 samples.append(generator.generate(split, i))
                 bar.update(1)
             write_shard(path, samples)
-            st.wall_seconds += time.perf_counter() - t0
-            st.samples += count
-            st.seconds += sum(s.num_frames for s in samples) / TB.fps
-        bar.close()
+            done(split, count, sum(s.num_frames for s in samples) / TB.fps, time.perf_counter() - t0)
+    elif jobs:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(_write_shard_job, config, split, first, count, str(path)): (split, count)
+                       for split, first, count, path in jobs}
+            for future in as_completed(futures):
+                split, count = futures[future]
+                seconds, wall = future.result()
+                done(split, count, seconds, wall / workers)  # wall time shared by the workers
+                bar.update(count)
+    bar.close()
     manifest = {"config": asdict(config), "time_base": asdict(TB),
                 "splits": {s: {"samples": st.samples, "hours": st.seconds / 3600} for s, st in stats.items()}}
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
