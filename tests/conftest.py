@@ -1,4 +1,5 @@
-"""Shared fixtures: private Redis servers on free ports, and the three services on localhost.
+"""Shared fixtures: private Redis servers on free ports, the three services on localhost, and a small
+rendered corpus with its DiT latent cache (for the DiT and distillation trainers).
 
 Everything here is real: redis-server processes, grpc.aio servers on port 0. Only the span
 exporter is in-memory, which is how OpenTelemetry's SDK is meant to be tested.
@@ -87,3 +88,26 @@ async def stack(redis_server: RedisServer) -> AsyncIterator[Stack]:
     finally:
         for running in (gw, rend, orch):
             await running.stop(0.5)
+
+
+@pytest.fixture(scope="session")
+def dit_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small rendered corpus: 6 train and 2 test clips, one shard each."""
+    from training.data.corpus import CorpusConfig, write_corpus
+
+    root = tmp_path_factory.mktemp("dit-corpus")
+    write_corpus(root, CorpusConfig(train_samples=6, val_samples=0, test_samples=2, samples_per_shard=6),
+                 progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def dit_cache(dit_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Its DiT latent cache under the shipped codecs (train and test)."""
+    from training.pipelines.dit_data import load_codecs, precompute
+
+    root = tmp_path_factory.mktemp("dit-cache")
+    codecs = load_codecs()
+    for split in ("train", "test"):
+        precompute(dit_corpus, root, split, codecs, progress=False)
+    return root

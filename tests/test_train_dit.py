@@ -23,7 +23,7 @@ from streamchar.models.joint_dit import PRESETS, JointAudioVideoDiT, JointDiTCon
 from streamchar.models.sampler import FlowMatchingSampler
 from streamchar.timebase import TimeBase
 from training.data.characters import reference_image
-from training.data.corpus import CorpusConfig, ShardDataset, write_corpus
+from training.data.corpus import ShardDataset
 from training.objectives.flow_matching import (
     FlowMatchingConfig,
     NoiseDraw,
@@ -65,19 +65,13 @@ def codecs() -> Codecs:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("corpus")
-    write_corpus(root, CorpusConfig(train_samples=6, val_samples=0, test_samples=2, samples_per_shard=6),
-                 progress=False)
-    return root
+def corpus(dit_corpus: Path) -> Path:
+    return dit_corpus  # conftest.py: 6 train and 2 test clips
 
 
 @pytest.fixture(scope="module")
-def cache(corpus: Path, codecs: Codecs, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cache")
-    for split in ("train", "test"):
-        precompute(corpus, root, split, codecs, progress=False)
-    return root
+def cache(dit_cache: Path) -> Path:
+    return dit_cache
 
 
 @pytest.fixture(scope="module")

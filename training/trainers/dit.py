@@ -236,27 +236,31 @@ def train(config: DiTTrainConfig) -> Path | None:
 
 def export(model: EMADiT, config: DiTTrainConfig, codecs: Codecs, trainer: Trainer, seconds: float) -> Path:
     """Write ``<out>/export``: a renderer bundle holding the EMA DiT and the codecs it was trained against."""
-    out = Path(config.run.out)
-    final, tmp = out / "export", out / ".export.tmp"
+    last = trainer.history[-1] if trainer.history else {}
+    final = write_dit_bundle(model.ema, Path(config.run.out) / "export", config.data.bundle, config.model.preset, {
+        "dit": {"steps": trainer.step, "ranks": trainer.info.world_size, "last_launch_seconds": seconds,
+                "weights": "ema", "ema_decay": config.ema.decay, "codecs": codecs.digest(),
+                "final": {k: v for k, v in last.items() if k.startswith("loss")},
+                "config": dataclasses.asdict(config)}})
+    log.info("dit: exported the EMA weights after %d steps to %s", trainer.step, final)
+    return final
+
+
+def write_dit_bundle(dit: JointAudioVideoDiT, final: Path, source_bundle: str, preset: str,
+                     training: dict[str, Any]) -> Path:
+    """A renderer bundle at `final` (atomically replaced): `dit` as ``dit/``, the codecs and unit tokenizer
+    of `source_bundle` ("" = the shipped tiny bundle), and ``bundle.json`` with the records in `training`."""
+    tmp = final.parent / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_module(model.ema, model.ema.config, tmp / "dit")
-    source = Path(config.data.bundle) if config.data.bundle else default_checkpoint("tiny")
+    save_module(dit, dit.config, tmp / "dit")
+    source = Path(source_bundle) if source_bundle else default_checkpoint("tiny")
     shutil.copytree(source / "video_codec", tmp / "video_codec")
     shutil.copytree(source / "units", tmp / "units")
     shutil.copy2(source / "audio_codec.json", tmp / "audio_codec.json")
-    last = trainer.history[-1] if trainer.history else {}
-    write_manifest(tmp, {
-        "preset": config.model.preset,
-        "trained": {**read_manifest(source).get("trained", {}), "dit": True},
-        "training": {"dit": {"steps": trainer.step, "ranks": trainer.info.world_size,
-                             "last_launch_seconds": seconds, "weights": "ema", "ema_decay": config.ema.decay,
-                             "codecs": codecs.digest(),
-                             "final": {k: v for k, v in last.items() if k.startswith("loss")},
-                             "config": dataclasses.asdict(config)}},
-    })
+    write_manifest(tmp, {"preset": preset, "trained": {**read_manifest(source).get("trained", {}), "dit": True},
+                         "training": training})
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    log.info("dit: exported the EMA weights after %d steps to %s", trainer.step, final)
     return final
 
 

@@ -196,19 +196,30 @@ LossFn = Callable[[nn.Module, Any], tuple[Tensor, Mapping[str, float]]]
 
 class Trainer:
     def __init__(self, name: str, config: Any, model: nn.Module, info: DistInfo,
-                 params: list[nn.Parameter] | None = None) -> None:
+                 params: list[nn.Parameter] | None = None,
+                 groups: Mapping[str, tuple[list[nn.Parameter], float]] | None = None) -> None:
+        """`params`: what the optimiser trains (default: every parameter that requires grad). `groups`
+        instead: named (parameters, lr multiplier) sets trained side by side by one optimiser, each with
+        its own gradient-norm clip (e.g. a distilled generator and its critic)."""
         self.name = name
         self.config = config
         self.run: RunConfig = config.run
         self.info = info
         self.out = Path(self.run.out)
         self.model = model.to(info.device)
-        params = params if params is not None else [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.run.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}],
-                                           lr=self.run.lr, betas=tuple(self.run.betas))
+        if groups is None:
+            params = params if params is not None else [p for p in self.model.parameters() if p.requires_grad]
+            groups = {"": (params, 1.0)}
+        elif params is not None:
+            raise ValueError("pass params or groups, not both")
+        self.clip_groups = [list(ps) for ps, _ in groups.values()]
+        param_groups = []
+        for ps, scale in groups.values():
+            param_groups += [{"params": [p for p in ps if p.dim() >= 2], "weight_decay": self.run.weight_decay,
+                              "lr": self.run.lr * scale},
+                             {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0, "lr": self.run.lr * scale}]
+        self.optimizer = torch.optim.AdamW(param_groups, lr=self.run.lr, betas=tuple(self.run.betas))
+        self.group_names = list(groups)
         r = self.run
 
         def schedule(i: int) -> float:
@@ -295,13 +306,14 @@ class Trainer:
             loss, metrics = loss_fn(self.ddp, batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), r.grad_clip)
+            norms = [nn.utils.clip_grad_norm_(ps, r.grad_clip) for ps in self.clip_groups]
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
             if on_step is not None:
                 on_step()
-            for k, v in {"loss": float(loss.detach()), "grad_norm": float(grad_norm), **metrics}.items():
+            grad_norms = {f"grad_norm{'_' + n if n else ''}": float(g) for n, g in zip(self.group_names, norms)}
+            for k, v in {"loss": float(loss.detach()), **grad_norms, **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             count += 1
             bar.update(1)
@@ -366,7 +378,7 @@ class Trainer:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        keys = [k for k in self.history[-1] if k not in ("step", "lr", "seconds", "grad_norm")]
+        keys = [k for k in self.history[-1] if k not in ("step", "lr", "seconds") and not k.startswith("grad_norm")]
         fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
         steps = [h["step"] for h in self.history]
         for ax, k in zip(axes[0], keys):
