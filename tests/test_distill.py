@@ -1,0 +1,208 @@
+"""Distillation: the DMD objective in the sampler's convention (backward simulation reproduces the few-step
+sampler; the generator gradient points from the critic's estimate to the teacher's), and the distillation
+trainer under torchrun (two gloo ranks: identical weights, resume, an export the renderer loads)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from streamchar.models.bundle import load_renderer
+from streamchar.models.io import save_module
+from streamchar.models.joint_dit import PRESETS, JointAudioVideoDiT
+from streamchar.models.sampler import FlowMatchingSampler
+from streamchar.timebase import TimeBase
+from training.objectives.dmd import (
+    DMDConfig,
+    StudentDraw,
+    backward_simulation,
+    clean_estimate,
+    dmd_generator_loss,
+    draw_student_steps,
+    grid,
+)
+from training.pipelines.dit_data import ChunkSampler, LatentCache, load_codecs
+
+ROOT = Path(__file__).resolve().parent.parent
+TB = TimeBase()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def num_units() -> int:
+    return load_codecs().units.config.num_units
+
+
+def small_dit(num_units: int, seed: int = 0) -> JointAudioVideoDiT:
+    torch.manual_seed(seed)
+    config = dataclasses.replace(PRESETS["tiny"], num_units=num_units, width=64, depth=1, num_heads=2)
+    dit = JointAudioVideoDiT(config).eval()
+    with torch.no_grad():  # the output layers start at zero (adaLN-zero): perturb all, so it is not constant
+        for p in dit.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return dit
+
+
+def test_the_sampling_grid_is_the_samplers() -> None:
+    for steps in (1, 2, 4, 32):
+        assert grid(steps) == FlowMatchingSampler(steps).timesteps().tolist()
+
+
+def test_draws_cover_every_step_of_every_grid() -> None:
+    draw = draw_student_steps(DMDConfig(student_steps=(4, 2, 1)), 4000, torch.Generator().manual_seed(0))
+    pairs = set(zip(draw.steps.tolist(), draw.index.tolist()))
+    assert pairs == {(4, 0), (4, 1), (4, 2), (4, 3), (2, 0), (2, 1), (1, 0)}
+    assert torch.equal(draw.t, 1.0 - draw.index.double() / draw.steps.double())
+
+
+def test_backward_simulation_then_a_clean_estimate_is_the_few_step_sampler(dit_cache: Path, num_units: int) -> None:
+    """Trained at step i of the S-step grid, the student sees exactly what the renderer's S-step sampler
+    feeds it there; its clean estimate at the last step is the sampler's output."""
+    dit = small_dit(num_units)
+    latents = LatentCache.load(dit_cache, "train")
+    g = torch.Generator().manual_seed(3)
+    batch = ChunkSampler(latents, dit.config.silence_unit).draw(4, g)  # first and later chunks
+    cond = {f.name: getattr(batch.cond, f.name) for f in dataclasses.fields(batch.cond)}
+    video_noise, audio_noise = torch.randn(batch.video.shape, generator=g), torch.randn(batch.audio.shape, generator=g)
+    steps, index = torch.tensor([4, 2, 1, 4]), torch.tensor([3, 1, 0, 0])
+    video_in, audio_in = backward_simulation(dit, cond, video_noise, audio_noise, StudentDraw(steps, index))
+    t = StudentDraw(steps, index).t.float()
+    with torch.no_grad():
+        v, a = dit(video_noisy=video_in, audio_noisy=audio_in, t=t, **cond)
+    video0, audio0 = clean_estimate(video_in, v, t), clean_estimate(audio_in, a, t)
+    for row, n in ((0, 4), (1, 2), (2, 1)):  # at each grid's last step: the whole sampler
+        part = {k: x[row:row + 1] for k, x in cond.items()}
+        video, audio = FlowMatchingSampler(n).sample(dit, part, video_noise[row:row + 1], audio_noise[row:row + 1])
+        torch.testing.assert_close(video0[row:row + 1], video, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(audio0[row:row + 1], audio, atol=1e-5, rtol=1e-5)
+    assert torch.equal(video_in[3], video_noise[3]) and torch.equal(audio_in[3], audio_noise[3])  # step 0: noise
+
+
+class CleanEstimator(nn.Module):
+    """A velocity field whose clean estimate x_t - t v is a fixed chunk (or, with `track`, a live one)."""
+
+    null_unit = 0
+
+    def __init__(self, video: Tensor, audio: Tensor) -> None:
+        super().__init__()
+        self.video, self.audio = video, audio
+
+    def forward(self, video_noisy: Tensor, audio_noisy: Tensor, t: Tensor, **cond: Tensor) -> tuple[Tensor, Tensor]:
+        tv, ta = t.view(-1, 1, 1, 1, 1), t.view(-1, 1, 1)
+        return (video_noisy - self.video.detach()) / tv, (audio_noisy - self.audio.detach()) / ta
+
+
+def test_the_generator_gradient_points_from_the_critic_to_the_teacher() -> None:
+    g = torch.Generator().manual_seed(0)
+    shape_v, shape_a = (2, 8, 4, 4, 4), (2, 32, 8)
+    teacher_v, teacher_a = torch.randn(shape_v, generator=g), torch.randn(shape_a, generator=g)
+    video0 = torch.randn(shape_v, generator=g).requires_grad_(True)
+    audio0 = torch.randn(shape_a, generator=g).requires_grad_(True)
+    teacher = CleanEstimator(teacher_v, teacher_a)
+    critic = CleanEstimator(video0, audio0)  # a perfect critic: its estimate is the student's own chunk
+    config = DMDConfig(guidance=1.0, audio_weight=2.0)
+    units = torch.zeros(2, 8, dtype=torch.long)
+    t = torch.tensor([0.3, 0.8])
+    loss, metrics = dmd_generator_loss(video0, audio0, {"units": units}, teacher, critic, config, t,
+                                       torch.randn(shape_v, generator=g), torch.randn(shape_a, generator=g))
+    loss.backward()
+    # d loss / d x0 = weight * (x0_fake - x0_real) / mean|x0 - x0_real| / numel, per row
+    gap_v = (video0 - teacher_v).abs().mean(dim=(1, 2, 3, 4), keepdim=True).detach()
+    gap_a = (audio0 - teacher_a).abs().mean(dim=(1, 2), keepdim=True).detach()
+    torch.testing.assert_close(video0.grad, (video0 - teacher_v).detach() / gap_v / video0.numel())
+    torch.testing.assert_close(audio0.grad, 2.0 * (audio0 - teacher_a).detach() / gap_a / audio0.numel())
+    assert metrics["teacher_gap_video"] == pytest.approx(float(gap_v.mean()), rel=1e-5)
+
+    # Following it, the student's chunks approach the teacher's.
+    video0.grad = audio0.grad = None
+    optimizer = torch.optim.SGD([video0, audio0], lr=float(video0.numel()) * 0.05)
+    distances = []
+    for _ in range(20):
+        loss, _ = dmd_generator_loss(video0, audio0, {"units": units}, teacher, critic, config, t,
+                                     torch.randn(shape_v, generator=g), torch.randn(shape_a, generator=g))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        distances.append(float((video0 - teacher_v).detach().abs().mean()))
+    assert distances[-1] < 0.5 * distances[0] and all(b < a for a, b in zip(distances, distances[1:]))
+
+
+def test_a_real_critic_fits_the_students_chunks_and_the_teacher_stays_frozen(dit_cache: Path, num_units: int) -> None:
+    """One in-process step of the distillation modules: the student and critic move, the teacher does not
+    (and stays in eval mode, so its CFG dropout never corrupts the real score)."""
+    from training.trainers.distill import DistillModules, DistillTrainConfig, draw_batch
+
+    teacher = small_dit(num_units)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    config = DistillTrainConfig()
+    modules = DistillModules(teacher, config, ema_decay=0.9).train()
+    assert not modules.teacher.training and modules.student.dit.config.cond_dropout == 0.0
+    latents = LatentCache.load(dit_cache, "train")
+    g = torch.Generator().manual_seed(0)
+    batch = draw_batch(ChunkSampler(latents, teacher.config.silence_unit).draw(3, g), config, g)
+    params = [p for p in modules.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    loss, metrics = modules(batch)
+    loss.backward()
+    assert all(p.grad is None for p in modules.teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in modules.student.dit.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in modules.critic.parameters())
+    optimizer.step()
+    for k, v in modules.teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert {"dmd_video", "dmd_audio", "teacher_gap_video", "critic_loss_video", "loss_critic"} <= set(metrics)
+
+
+def test_torchrun_two_ranks_distil_resume_and_export(dit_corpus: Path, dit_cache: Path, num_units: int,
+                                                     tmp_path: Path) -> None:
+    teacher = small_dit(num_units, seed=5)
+    save_module(teacher, teacher.config, tmp_path / "teacher")
+    out = tmp_path / "run"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    base = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "training.trainers.distill",
+            "--config", str(ROOT / "training" / "configs" / "distill_tiny.toml"),
+            "--set", f"teacher={tmp_path / 'teacher'}", "--set", f"data.corpus={dit_corpus}",
+            "--set", f"data.cache={dit_cache}", "--set", f"run.out={out}", "--set", "run.batch_size=2",
+            "--set", "run.log_every=1", "--set", "run.checkpoint_every=100", "--set", "run.warmup_steps=1",
+            "--set", "run.progress=false", "--set", "run.backend=gloo"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(steps: int) -> str:
+        done = subprocess.run([*base, "--set", f"run.steps={steps}"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+    run(2)
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert ranks["step"] == 2 and len(ranks["digests"]) == 2 and len(set(ranks["digests"])) == 1
+    log = run(3)
+    assert "resumed from" in log and "at step 2" in log
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert ranks["step"] == 3 and len(set(ranks["digests"])) == 1
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all("grad_norm_student" in r and "grad_norm_critic" in r for r in rows)
+
+    renderer = load_renderer(out / "export")
+    assert renderer.trained and renderer.dit.config.cond_dropout == 0.0 and renderer.dit.config.width == 64
+    record = json.loads((out / "export" / "bundle.json").read_text())["training"]["dit"]
+    assert record["stage"] == "distill-1" and record["steps"] == 3
+    student = renderer.dit.state_dict()
+    assert any(not torch.equal(student[k], v) for k, v in teacher.state_dict().items())  # it was trained
