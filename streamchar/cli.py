@@ -39,8 +39,8 @@ def cmd_say(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     image = _read_character(args.character)
-    pipeline = Pipeline(PipelineConfig(checkpoint=args.checkpoint, steps=args.steps, guidance=args.guidance,
-                                       seed=args.seed))
+    pipeline = Pipeline(PipelineConfig(checkpoint=args.checkpoint, dit=args.dit, steps=args.steps,
+                                       guidance=args.guidance, seed=args.seed))
     bar = tqdm(total=len(args.text), unit="char", desc="speaking", disable=args.quiet)
 
     def progress(chunk: int, pointer: int, total: int) -> None:
@@ -290,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("-o", "--output", default="out/say.mp4")
     say.add_argument("--voice", default="")
     say.add_argument("--checkpoint", default="", help="bundle directory (default: the shipped tiny bundle)")
+    say.add_argument("--dit", default="dit", help="the bundle's DiT: dit (the distilled student, 4 steps), "
+                     "dit-stage1, or teacher (with --steps 32 --guidance 3)")
     say.add_argument("--steps", type=int, default=4)
     say.add_argument("--guidance", type=float, default=1.0)
     say.add_argument("--seed", type=int, default=1)

@@ -28,8 +28,10 @@ from streamchar.timebase import TimeBase
 @dataclass(frozen=True)
 class PipelineConfig:
     checkpoint: str = ""
+    dit: str = "dit"  # the bundle's DiT: dit (the distilled student), teacher, dit-stage1
     steps: int = 4
     guidance: float = 1.0
+    sink: bool = True
     seed: int = 0
     keyframe_interval_frames: int = 24
     protocol: ProtocolConfig = ProtocolConfig()
@@ -58,14 +60,16 @@ class Pipeline:
         self.config = config
         self.time_base = time_base
         lm, vocab, lm_trained = load_orchestrator(config.checkpoint or None)
-        self.renderer_models: RendererModels = load_renderer(config.checkpoint or None, time_base=time_base)
+        self.renderer_models: RendererModels = load_renderer(config.checkpoint or None, time_base=time_base,
+                                                                  dit=config.dit)
         self.trained = lm_trained and self.renderer_models.trained
         self.store = MemorySessionStore()
         self._render_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
         self.orchestrator = OrchestratorEngine(
             self.store, EmbeddedLMBackend(lm, logit_bias=lm.logit_bias(vocab)), vocab,
             OrchestratorProtocol(vocab, time_base.frames_per_chunk, config.protocol))
-        self.render_engine = RenderEngine(self.renderer_models, config.steps, config.guidance, 1, self._render_executor)
+        self.render_engine = RenderEngine(self.renderer_models, config.steps, config.guidance, 1, self._render_executor,
+                                          sink=config.sink)
         self.session_renderer = SessionRenderer(self.store, self.render_engine)
 
     async def close(self) -> None:

@@ -19,6 +19,7 @@ from streamchar.models.bundle import (
     default_checkpoint,
     load_orchestrator,
     load_renderer,
+    read_manifest,
     save_bundle,
     write_manifest,
 )
@@ -102,3 +103,64 @@ def test_shipping_a_warm_started_part_keeps_the_record_of_the_weights_it_continu
     assert cold["steps"] == 7 and "warm_started_from" not in cold  # trained from scratch: nothing continued
     warm = ship(into, lm=export("warm", str(into / "orchestrator")))["training"]["orchestrator"]
     assert warm["steps"] == 7 and warm["warm_started_from"] == cold
+
+
+def test_a_bundle_holds_the_teacher_and_students_side_by_side(bundle_dir, tmp_path):
+    """ship --teacher moves the bundle's own dit/ (and its record) to teacher/; a student replaces dit/;
+    the renderer loads either by name and refuses a name the bundle lacks."""
+    from streamchar.models.bundle import dit_variants
+    from streamchar.models.io import save_module
+
+    directory, _, renderer = bundle_dir
+    into = tmp_path / "bundle"
+    shutil.copytree(directory, into)
+    shutil.copytree(default_checkpoint("tiny") / "units", into / "units")  # save_bundle writes no tokenizer
+    write_manifest(into, {**read_manifest(into), "training": {"dit": {"steps": 11}}})
+    student = tmp_path / "student"
+    shutil.copytree(into, student)
+    with torch.no_grad():
+        weights = {k: v + 0.01 for k, v in renderer.dit.state_dict().items()}
+    dit = load_renderer(student).dit
+    dit.load_state_dict(weights)
+    save_module(dit, dit.config, student / "dit")
+    write_manifest(student, {**read_manifest(student), "training": {"dit": {"stage": "distill-2", "steps": 3}}})
+
+    manifest = ship(into, dit=student, teacher=into)
+    assert manifest["training"]["teacher"] == {"steps": 11}
+    assert manifest["training"]["dit"]["stage"] == "distill-2" and manifest["trained"]["teacher"]
+    assert dit_variants(into) == ["dit", "teacher"]
+    teacher, default = load_renderer(into, dit="teacher"), load_renderer(into)
+    assert teacher.trained and default.trained
+    for name, value in renderer.dit.state_dict().items():
+        assert torch.equal(teacher.dit.state_dict()[name], value), name
+        assert torch.equal(default.dit.state_dict()[name], weights[name]), name
+    with pytest.raises(FileNotFoundError, match="holds"):
+        load_renderer(into, dit="dit-stage1")
+    with pytest.raises(ValueError, match="subdirectory"):
+        load_renderer(into, dit="../bundle")
+
+
+def test_without_the_sink_the_dit_sees_none(bundle_dir, character_png):
+    """RenderEngine(sink=False) renders a later chunk exactly as if the session had no sink chunk."""
+    from streamchar.session import decode_reference
+
+    _, _, renderer = bundle_dir
+    tb = renderer.time_base
+    g = np.random.default_rng(0)
+    shape = (renderer.dit.config.video_channels, renderer.dit.config.video_latent_size,
+             renderer.dit.config.video_latent_size)
+    mels = tb.mel_per_frame * tb.frames_per_chunk, renderer.dit.config.audio_channels
+    context = dict(ref_latent=None, motion_video=g.standard_normal((tb.motion_frames, *shape), np.float32),
+                   motion_audio=g.standard_normal((tb.motion_frames * tb.mel_per_frame, mels[1]), np.float32))
+    sink = dict(sink_video=g.standard_normal((tb.frames_per_chunk, *shape), np.float32),
+                sink_audio=g.standard_normal(mels, np.float32))
+    ref = decode_reference(character_png, 64)
+
+    def render(sink_fields: dict, use_sink: bool):
+        fields = {"sink_video": None, "sink_audio": None, **sink_fields}
+        job = ChunkJob(units=[1, 2, 3, 4, 5, 6, 7, 8], seed=5, ref_image=ref, **context, **fields)
+        return RenderEngine(renderer, 2, 1.0, 1, ThreadPoolExecutor(1), sink=use_sink).render_batch([job])[0]
+
+    with_sink, ignored, absent = render(sink, True), render(sink, False), render({}, True)
+    np.testing.assert_array_equal(ignored.video_latents, absent.video_latents)
+    assert np.abs(with_sink.video_latents - absent.video_latents).max() > 1e-4

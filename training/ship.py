@@ -1,11 +1,16 @@
 """Ship trained parts into a bundle: ``python -m training.ship --lm RUN/export --dit RUN/export``.
 
-Copies each given part (``orchestrator/`` from an LM export, ``dit/`` from a DiT export) into the
-target bundle (default: the shipped ``streamchar/checkpoints/tiny``), marks it trained and records
-how it was trained (the export's ``training`` entry) in ``bundle.json``; a part warm-started from the
-one it replaces keeps that one's entry under ``warm_started_from``, so the record covers every run.
+Copies each given part (``orchestrator/`` from an LM export, ``dit/`` from a DiT or distillation export)
+into the target bundle (default: the shipped ``streamchar/checkpoints/tiny``), marks it trained and
+records how it was trained (the export's ``training`` entry) in ``bundle.json``; a part warm-started from
+the one it replaces keeps that one's entry under ``warm_started_from``, so the record covers every run.
 A DiT is only shipped into a bundle whose codecs are the ones it was trained against (same files),
 since its latents mean nothing under other codecs.
+
+A bundle holds up to three DiTs: ``dit/`` (what the renderer loads by default: the stage-2 student),
+``teacher/`` (``--teacher``) and ``dit-stage1/`` (``--stage1``), each taken from an export's ``dit/``.
+``--teacher`` may name the target bundle itself, moving its current ``dit/`` (and record) to ``teacher/``
+before a student replaces it; parts are shipped in the order lm, teacher, stage1, dit.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from pathlib import Path
 
 from streamchar.models.bundle import default_checkpoint, read_manifest, write_manifest
 
-PARTS = {"lm": ("orchestrator", "orchestrator"), "dit": ("dit", "dit")}
+# kind -> (directory in the export, directory in the bundle); the record moves with it (same names)
+PARTS = {"lm": ("orchestrator", "orchestrator"), "teacher": ("dit", "teacher"), "stage1": ("dit", "dit-stage1"),
+         "dit": ("dit", "dit")}
 
 
 def _same_codecs(a: Path, b: Path) -> bool:
@@ -27,22 +34,27 @@ def _same_codecs(a: Path, b: Path) -> bool:
                for (p,) in pairs)
 
 
-def ship(into: Path, lm: Path | None = None, dit: Path | None = None) -> dict:
+def ship(into: Path, lm: Path | None = None, dit: Path | None = None, teacher: Path | None = None,
+         stage1: Path | None = None) -> dict:
     manifest = read_manifest(into)
-    for kind, source in (("lm", lm), ("dit", dit)):
+    for kind, source in (("lm", lm), ("teacher", teacher), ("stage1", stage1), ("dit", dit)):
         if source is None:
             continue
         directory, part = PARTS[kind]
         if not (source / directory / "config.json").exists():
             raise SystemExit(f"{source} has no {directory}/ export")
-        if kind == "dit" and not _same_codecs(source, into):
+        if kind != "lm" and not _same_codecs(source, into):
             raise SystemExit(f"{source} was trained against other codecs than {into}'s; not shipping its DiT")
-        target = into / directory
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(source / directory, target)
-        exported = read_manifest(source)
+        exported = read_manifest(source)  # read before a copy within the same bundle changes it
+        entry = exported.get("training", {}).get(directory, {})
+        target = into / part
+        if target.resolve() != (source / directory).resolve():
+            tmp = into / f".{part}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(source / directory, tmp)
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
         previous = manifest.get("training", {}).get(part)
-        entry = exported.get("training", {}).get(part, {})
         init = entry.get("config", {}).get("run", {}).get("init_from", "")
         if init and previous and Path(init).resolve() in (target.resolve(), into.resolve()):
             entry = {**entry, "warm_started_from": previous}  # the weights it continued: keep their record
@@ -55,10 +67,12 @@ def ship(into: Path, lm: Path | None = None, dit: Path | None = None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lm", type=Path, help="an LM run's export directory (holds orchestrator/)")
-    parser.add_argument("--dit", type=Path, help="a DiT run's export directory (holds dit/)")
+    parser.add_argument("--dit", type=Path, help="the default DiT: an export directory holding dit/")
+    parser.add_argument("--teacher", type=Path, help="the teacher DiT (teacher/): an export or bundle's dit/")
+    parser.add_argument("--stage1", type=Path, help="the stage-1 student (dit-stage1/): an export's dit/")
     parser.add_argument("--into", type=Path, default=default_checkpoint("tiny"))
     args = parser.parse_args()
-    manifest = ship(args.into, args.lm, args.dit)
+    manifest = ship(args.into, args.lm, args.dit, args.teacher, args.stage1)
     print(f"{args.into}: trained {manifest.get('trained')}")
 
 

@@ -61,8 +61,10 @@ class RendererConfig:
     store_url: str = "redis://127.0.0.1:6379/0"
     session_ttl_seconds: float = 3600.0
     checkpoint: str = ""
-    steps: int = 4
+    dit: str = "dit"  # which of the bundle's DiTs: dit (the distilled student), teacher, dit-stage1
+    steps: int = 4  # sampler steps: 4 for the students; the teacher samples with 32 and guidance 3
     guidance: float = 1.0
+    sink: bool = True  # False: chunks are rendered without the sink chunk (an ablation)
     max_batch: int = 4
     window: int = 2
     torch_threads: int = 2
@@ -255,15 +257,16 @@ async def start(config: RendererConfig) -> RunningServer:
     setup_tracing(SERVICE, config.otlp_endpoint)
     start_metrics(config.metrics_port)
     try:
-        models = load_renderer(config.checkpoint or None, time_base=TimeBase()).to(config.device)
-    except ValueError as e:
+        models = load_renderer(config.checkpoint or None, time_base=TimeBase(), dit=config.dit).to(config.device)
+    except (ValueError, FileNotFoundError) as e:
         raise RuntimeError(f"renderer: {e}") from None
-    logging.getLogger(__name__).info("renderer models loaded (%s) on %s, %d steps, guidance %.2f",
-                                     "trained" if models.trained else "UNTRAINED random init", models.device,
-                                     config.steps, config.guidance)
+    logging.getLogger(__name__).info("renderer models loaded (%s, DiT %s) on %s, %d steps, guidance %.2f%s",
+                                     "trained" if models.trained else "UNTRAINED random init", config.dit,
+                                     models.device, config.steps, config.guidance,
+                                     "" if config.sink else ", no sink")
     store = open_store(config.store_url, config.session_ttl_seconds)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render-engine")
-    engine = RenderEngine(models, config.steps, config.guidance, config.max_batch, executor)
+    engine = RenderEngine(models, config.steps, config.guidance, config.max_batch, executor, sink=config.sink)
     channel = grpc.aio.insecure_channel(config.orchestrator_address, options=channel_options())
     service = RendererService(config, store, SessionRenderer(store, engine),
                               orchestrator_pb2_grpc.OrchestratorStub(channel))

@@ -105,9 +105,12 @@ def chunk_seed(session_seed: int, chunk_index: int) -> int:
 
 class RenderEngine:
     def __init__(self, models: RendererModels, steps: int, guidance: float, max_batch: int,
-                 executor: ThreadPoolExecutor) -> None:
+                 executor: ThreadPoolExecutor, sink: bool = True) -> None:
+        """sink=False: the DiT never sees the session's sink chunk (an ablation; the session state still
+        keeps it)."""
         self.models = models
         self.sampler = FlowMatchingSampler(steps, guidance)
+        self.sink = sink
         self.max_batch = max_batch
         self.executor = executor
         self._queue: asyncio.Queue[tuple[ChunkJob, asyncio.Future[ChunkOutput]]] = asyncio.Queue()
@@ -176,9 +179,11 @@ class RenderEngine:
             "sink_audio": stack([j.sink_audio for j in jobs], (M, cfg.audio_channels)),
             "motion_video": stack([j.motion_video for j in jobs], (tb.motion_frames, *latent_shape)),
             "motion_audio": stack([j.motion_audio for j in jobs], (Mm, cfg.audio_channels)),
-            "has_sink": torch.tensor([j.sink_video is not None for j in jobs]),
+            "has_sink": torch.tensor([j.sink_video is not None and self.sink for j in jobs]),
             "has_motion": torch.tensor([j.motion_video is not None for j in jobs]),
         }
+        if not self.sink:
+            cond["sink_video"], cond["sink_audio"] = cond["sink_video"].zero_(), cond["sink_audio"].zero_()
         cond = {k: v.to(device) for k, v in cond.items()}
 
         # 3. Seeded noise per chunk, so a chunk is the same on any replica and in any batch (drawn on

@@ -109,14 +109,29 @@ def load_orchestrator_decoding(directory: str | Path | None = None) -> tuple[Pat
     return lm_dir, vocab, orchestrator_lm.advance_logit_bias(vocab, advance_bias), _trained(root, "orchestrator")
 
 
+def dit_variants(directory: str | Path | None = None) -> list[str]:
+    """The DiTs a bundle holds, by subdirectory: ``dit`` (the renderer's default) and any beside it (the
+    shipped bundle: ``teacher``, the many-step guided model, and ``dit-stage1``, the first distillation
+    stage's student)."""
+    root = Path(directory) if directory else default_checkpoint("tiny")
+    return sorted(p.parent.name for p in root.glob("*/config.json")
+                  if (p.parent / "model.safetensors").exists()
+                  and json.loads(p.read_text()).get("class") == joint_dit.JointAudioVideoDiT.__name__)
+
+
 def load_renderer(directory: str | Path | None = None, preset: str | None = None,
-                  time_base: TimeBase = TimeBase()):  # -> RendererModels (import cycle kept out)
-    """The renderer's models from `directory` (default: the shipped bundle), part by part."""
+                  time_base: TimeBase = TimeBase(), dit: str = "dit"):  # -> RendererModels (import cycle kept out)
+    """The renderer's models from `directory` (default: the shipped bundle), part by part; `dit` names the
+    bundle's DiT subdirectory (:func:`dit_variants`)."""
     from streamchar.engine.rendering import RendererModels
 
     root = Path(directory) if directory else default_checkpoint(preset or "tiny")
+    if not dit or Path(dit).name != dit or dit in (".", ".."):
+        raise ValueError(f"dit must name a subdirectory of the bundle, got {dit!r}")
+    if dit != "dit" and not (root / dit / "config.json").exists():
+        raise FileNotFoundError(f"no DiT {dit!r} in {root}; it holds {dit_variants(root) or 'none'}")
     present = {part: (root / marker).exists() for part, marker in
-               (("dit", "dit/config.json"), ("video_codec", "video_codec/config.json"),
+               (("dit", f"{dit}/config.json"), ("video_codec", "video_codec/config.json"),
                 ("audio_codec", "audio_codec.json"))}
     if directory and not any(present.values()):
         raise FileNotFoundError(f"no renderer checkpoint in {root}")
@@ -132,16 +147,16 @@ def load_renderer(directory: str | Path | None = None, preset: str | None = None
     else:
         acfg = audio_codec.PRESETS[p.audio_codec]
     if present["dit"]:
-        dit = load_module(joint_dit.JointAudioVideoDiT, root / "dit", config_cls=joint_dit.JointDiTConfig)
+        model = load_module(joint_dit.JointAudioVideoDiT, root / dit, config_cls=joint_dit.JointDiTConfig)
     else:
         torch.manual_seed(INIT_SEED)
-        dit = joint_dit.JointAudioVideoDiT(dataclasses.replace(joint_dit.PRESETS[p.dit], num_units=p.num_units))
-    trained = {part: present[part] and _trained(root, part) for part in present}
+        model = joint_dit.JointAudioVideoDiT(dataclasses.replace(joint_dit.PRESETS[p.dit], num_units=p.num_units))
+    trained = {part: present[part] and _trained(root, dit if part == "dit" else part) for part in present}
     for part in ("dit", "video_codec"):
         if not trained[part]:
             _untrained(f"renderer {part}")
-    _check_compatible(dit.config, vcodec, acfg, time_base)
-    return RendererModels(dit=dit.eval(), video_codec=vcodec.eval(), audio_codec=audio_codec.MelAudioCodec(acfg).eval(),
+    _check_compatible(model.config, vcodec, acfg, time_base)
+    return RendererModels(dit=model.eval(), video_codec=vcodec.eval(), audio_codec=audio_codec.MelAudioCodec(acfg).eval(),
                           time_base=time_base, trained=trained["dit"] and trained["video_codec"])
 
 
