@@ -206,3 +206,73 @@ def test_torchrun_two_ranks_distil_resume_and_export(dit_corpus: Path, dit_cache
     assert record["stage"] == "distill-1" and record["steps"] == 3
     student = renderer.dit.state_dict()
     assert any(not torch.equal(student[k], v) for k, v in teacher.state_dict().items())  # it was trained
+
+    # Stage 2 from stage 1's last checkpoint: rollouts of 2-3 chunks, the clips' own units.
+    stage2 = tmp_path / "stage2"
+    done = subprocess.run([*base, "--set", "stage=2", "--set", f"run.out={stage2}", "--set", "run.steps=2",
+                           "--set", f"run.init_from={out / 'checkpoints' / 'step-0000003'}",
+                           "--set", "rollout.units=corpus", "--set", "rollout.min_chunks=2",
+                           "--set", "rollout.max_chunks=3", "--set", "rollout.ramp_steps=1"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "warm start from" in done.stdout + done.stderr
+    ranks = json.loads((stage2 / "ranks.json").read_text())
+    assert ranks["step"] == 2 and len(set(ranks["digests"])) == 1
+    rows = [json.loads(line) for line in (stage2 / "metrics.jsonl").read_text().splitlines()]
+    assert [r["rollout_chunks"] for r in rows] == [2, 3]  # the curriculum
+    record = json.loads((stage2 / "export" / "bundle.json").read_text())["training"]["dit"]
+    assert record["stage"] == "distill-2" and record["sampler"]["steps"] == [4]
+    assert load_renderer(stage2 / "export").trained
+
+
+def test_a_rollout_renders_each_chunk_from_its_own_previous_chunks(dit_cache: Path, num_units: int) -> None:
+    """Stage 2's rollout is the renderer's loop: chunk k's motion frames are the end of the student's own
+    chunk k-1 (as its S-step sampler renders it), its sink is the student's chunk 0, and the student is
+    trained at the input the sampler had at the drawn step."""
+    from training.pipelines.rollouts import RolloutSource
+    from training.trainers.distill import DistillModules, DistillTrainConfig, draw_rollout
+
+    teacher = small_dit(num_units)
+    config = DistillTrainConfig(stage=2)
+    modules = DistillModules(teacher, config, ema_decay=0.9).eval()
+    latents = LatentCache.load(dit_cache, "train")
+    source = RolloutSource(latents, "corpus")
+    F, Fm = TB.frames_per_chunk, TB.motion_frames
+    draw = draw_rollout(source, 2, 3, teacher.config, config, torch.Generator().manual_seed(1))
+    first = int(latents.frame_offset[int(draw.batch.sample_index[0])])
+    assert torch.equal(draw.batch.units[0].flatten(), latents.units[first:first + 3 * F])  # by time, from chunk 0
+    cond, video_in, audio_in = modules.roll_out(draw)
+    B, L = 2, 3
+    rows = {f.name: getattr(cond, f.name).view(B, L, *getattr(cond, f.name).shape[1:])
+            for f in dataclasses.fields(cond)}
+    sampler = FlowMatchingSampler(config.rollout.sampler_steps)
+    student = modules.student.dit
+    outputs = []
+    for k in range(L):
+        part = {name: value[:, k] for name, value in rows.items()}
+        outputs.append(sampler.sample(student, part, draw.video_noise[:, k], draw.audio_noise[:, k]))
+        assert bool(part["has_motion"].all()) == (k > 0) and bool(part["has_sink"].all()) == (k > 0)
+        if k:
+            torch.testing.assert_close(part["motion_video"], outputs[k - 1][0][:, -Fm:], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(part["motion_audio"], outputs[k - 1][1][:, -Fm * TB.mel_per_frame:],
+                                       atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(part["sink_video"], outputs[0][0], atol=1e-5, rtol=1e-5)
+        trained_at = backward_simulation(student, part, draw.video_noise[:, k], draw.audio_noise[:, k],
+                                         StudentDraw(torch.full((B,), sampler.steps), draw.index[:, k]))
+        torch.testing.assert_close(video_in.view(B, L, *video_in.shape[1:])[:, k], trained_at[0], atol=1e-5, rtol=1e-5)
+    assert len(set(draw.index.flatten().tolist())) > 1
+
+
+def test_orchestrator_units_are_decoded_once_and_cached(dit_corpus: Path, tmp_path: Path) -> None:
+    from training.pipelines.rollouts import orchestrator_units
+
+    units = orchestrator_units(dit_corpus, "test", tmp_path, sample_ids=None, progress=False)
+    assert len(units) == 2
+    silence = load_codecs().units.config.num_units
+    for u in units.values():
+        assert len(u) % TB.frames_per_chunk == 0 and int(u.min()) >= 0 and int(u.max()) <= silence
+        assert bool((u != silence).any())  # it speaks
+    path = tmp_path / "orchestrator" / "test.safetensors"
+    before = path.stat().st_mtime_ns
+    again = orchestrator_units(dit_corpus, "test", tmp_path, progress=False)
+    assert path.stat().st_mtime_ns == before and all(torch.equal(again[k], v) for k, v in units.items())
