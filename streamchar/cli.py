@@ -323,10 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="per-chunk latency and real-time factor, in-process and through the services")
     bench.add_argument("--text", default=BENCH_TEXT)
+    bench.add_argument("--dit", default="dit", help="the bundle's DiT (dit, dit-stage1, teacher)")
     bench.add_argument("--steps", type=int, default=4)
+    bench.add_argument("--guidance", type=float, default=1.0)
+    bench.add_argument("--versus", default="teacher:32:3", help="compare mode: the other DiT, DIT:STEPS:GUIDANCE")
     bench.add_argument("--repeats", type=int, default=3, help="sessions per mode; medians over all chunks")
     bench.add_argument("--checkpoint", default="")
-    bench.add_argument("--mode", choices=("both", "inprocess", "services"), default="both")
+    bench.add_argument("--mode", choices=("both", "inprocess", "services", "compare"), default="both")
     bench.set_defaults(func=cmd_bench)
 
     bench_orch = sub.add_parser("bench-orchestrator", help="orchestrator LM backends side by side: embedded vs vLLM")

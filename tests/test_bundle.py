@@ -125,10 +125,13 @@ def test_a_bundle_holds_the_teacher_and_students_side_by_side(bundle_dir, tmp_pa
     save_module(dit, dit.config, student / "dit")
     write_manifest(student, {**read_manifest(student), "training": {"dit": {"stage": "distill-2", "steps": 3}}})
 
-    manifest = ship(into, dit=student, teacher=into)
+    manifest = ship(into, dit=student, teacher=into, variants={"dit-nopointer": student})
     assert manifest["training"]["teacher"] == {"steps": 11}
     assert manifest["training"]["dit"]["stage"] == "distill-2" and manifest["trained"]["teacher"]
-    assert dit_variants(into) == ["dit", "teacher"]
+    assert manifest["training"]["dit-nopointer"]["stage"] == "distill-2"
+    assert dit_variants(into) == ["dit", "dit-nopointer", "teacher"]
+    with pytest.raises(SystemExit, match="dit-NAME"):
+        ship(into, variants={"teacher2": student})
     teacher, default = load_renderer(into, dit="teacher"), load_renderer(into)
     assert teacher.trained and default.trained
     for name, value in renderer.dit.state_dict().items():

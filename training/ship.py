@@ -10,7 +10,8 @@ since its latents mean nothing under other codecs.
 A bundle holds up to three DiTs: ``dit/`` (what the renderer loads by default: the stage-2 student),
 ``teacher/`` (``--teacher``) and ``dit-stage1/`` (``--stage1``), each taken from an export's ``dit/``.
 ``--teacher`` may name the target bundle itself, moving its current ``dit/`` (and record) to ``teacher/``
-before a student replaces it; parts are shipped in the order lm, teacher, stage1, dit.
+before a student replaces it; parts are shipped in the order lm, teacher, stage1, dit. ``--variant
+dit-NAME=EXPORT`` ships any other DiT beside them (e.g. an ablation's student, ``dit-nopointer``).
 """
 
 from __future__ import annotations
@@ -35,12 +36,17 @@ def _same_codecs(a: Path, b: Path) -> bool:
 
 
 def ship(into: Path, lm: Path | None = None, dit: Path | None = None, teacher: Path | None = None,
-         stage1: Path | None = None) -> dict:
+         stage1: Path | None = None, variants: dict[str, Path] | None = None) -> dict:
     manifest = read_manifest(into)
-    for kind, source in (("lm", lm), ("teacher", teacher), ("stage1", stage1), ("dit", dit)):
+    for name in variants or {}:
+        if not name.startswith("dit-") or Path(name).name != name or name == "dit-stage1":
+            raise SystemExit(f"a variant's name is dit-NAME (not dit-stage1: --stage1), got {name!r}")
+    parts = [(kind, source, *PARTS[kind]) for kind, source in
+             (("lm", lm), ("teacher", teacher), ("stage1", stage1), ("dit", dit))]
+    parts += [("variant", source, "dit", name) for name, source in (variants or {}).items()]
+    for kind, source, directory, part in parts:
         if source is None:
             continue
-        directory, part = PARTS[kind]
         if not (source / directory / "config.json").exists():
             raise SystemExit(f"{source} has no {directory}/ export")
         if kind != "lm" and not _same_codecs(source, into):
@@ -70,9 +76,17 @@ def main() -> None:
     parser.add_argument("--dit", type=Path, help="the default DiT: an export directory holding dit/")
     parser.add_argument("--teacher", type=Path, help="the teacher DiT (teacher/): an export or bundle's dit/")
     parser.add_argument("--stage1", type=Path, help="the stage-1 student (dit-stage1/): an export's dit/")
+    parser.add_argument("--variant", action="append", default=[], metavar="dit-NAME=EXPORT",
+                        help="another DiT beside them, as dit-NAME/ (e.g. an ablation's student)")
     parser.add_argument("--into", type=Path, default=default_checkpoint("tiny"))
     args = parser.parse_args()
-    manifest = ship(args.into, args.lm, args.dit, args.teacher, args.stage1)
+    variants = {}
+    for spec in args.variant:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            parser.error(f"--variant takes dit-NAME=EXPORT, got {spec!r}")
+        variants[name] = Path(path)
+    manifest = ship(args.into, args.lm, args.dit, args.teacher, args.stage1, variants)
     print(f"{args.into}: trained {manifest.get('trained')}")
 
 
