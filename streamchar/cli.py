@@ -272,7 +272,7 @@ def cmd_samples(args: argparse.Namespace) -> int:
     from training.eval.samples import render_samples
 
     torch.set_num_threads(args.threads)
-    videos = render_samples(args.out, args.count, args.checkpoint, args.steps, args.guidance)
+    videos = render_samples(args.out, args.count, args.checkpoint, args.steps, args.guidance, dit=args.dit)
     for v in videos:
         print(f"{v.path} ({len(v.frames)} frames): {v.text}")
     print(f"{Path(args.out) / 'contact_sheet.png'}")
@@ -405,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("--out", default="out/samples")
     samples.add_argument("--count", type=int, default=3)
     samples.add_argument("--checkpoint", default="")
+    samples.add_argument("--dit", default="dit", help="the bundle's DiT (dit, dit-stage1, teacher)")
     samples.add_argument("--steps", type=int, default=4)
     samples.add_argument("--guidance", type=float, default=1.0)
     samples.add_argument("--threads", type=int, default=2)

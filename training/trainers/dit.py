@@ -270,7 +270,8 @@ MOUTH_BOX = SyncNetConfig().crop_box  # (top, left, height, width): the lower-ce
 
 
 def load_eval_dit(checkpoint: Path, weights: str = "ema") -> tuple[JointAudioVideoDiT, Path | None]:
-    """The DiT of a bundle / export directory, a run directory (its export) or a training checkpoint
+    """The DiT of a bundle / export directory, a run directory (its export), a bundle's DiT directory (e.g.
+    ``streamchar/checkpoints/tiny/teacher``, codecs from the bundle around it) or a training checkpoint
     (``step-N/`` with ``state.pt``; ``weights`` picks "ema" or "raw"), and the bundle holding its codecs."""
     if (checkpoint / "state.pt").exists():
         saved = json.loads((checkpoint / "config.json").read_text())
@@ -282,6 +283,9 @@ def load_eval_dit(checkpoint: Path, weights: str = "ema") -> tuple[JointAudioVid
             raise ValueError("weights must be 'ema' or 'raw'")
         dit = model.ema if weights == "ema" else model.dit
         return dit.eval(), Path(config.data.bundle) if config.data.bundle else None
+    if (checkpoint / "config.json").exists() and (checkpoint / "model.safetensors").exists():
+        dit = load_module(JointAudioVideoDiT, checkpoint, config_cls=JointDiTConfig)
+        return dit, checkpoint.parent if (checkpoint.parent / "video_codec").exists() else None
     root = checkpoint if (checkpoint / "dit" / "config.json").exists() else checkpoint / "export"
     if not (root / "dit" / "config.json").exists():
         raise FileNotFoundError(f"no DiT under {checkpoint} (expected dit/, export/dit/ or state.pt)")
