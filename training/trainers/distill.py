@@ -1,23 +1,36 @@
-"""Distil the guided many-step DiT teacher into a few-step student (stage 1: distribution matching).
+"""Distil the guided many-step DiT teacher into a few-step student, in two stages.
 
     torchrun --standalone --nproc_per_node 2 -m training.trainers.distill --config training/configs/distill_tiny.toml
-    python -m training.trainers.dit eval --checkpoint runs/distill-tiny --steps 4,2,1 --guidance 1
+    python -m training.trainers.distill units --config training/configs/distill_stage2_tiny.toml
+    torchrun --standalone --nproc_per_node 2 -m training.trainers.distill --config training/configs/distill_stage2_tiny.toml
+    python -m training.trainers.dit eval --checkpoint runs/distill-s2 --steps 4 --guidance 1
 
-Stage 1 (:mod:`training.objectives.dmd`): the student and the critic start as copies of the teacher; each
-step draws chunks with the renderer's conditions from the latent cache (as the teacher's trainer does),
-the student generates them at a drawn level of its 4-, 2- or 1-step grid (backward simulation), the DMD
-gradient (critic minus guided teacher) moves the student, and the critic learns the flow-matching velocity
-of the student's (detached) chunks. One optimiser holds both networks as two groups (``critic_lr_scale``
-sets the critic's learning rate relative to the student's), each clipped on its own; the critic is updated
-once per student update on the same generated chunks. Neither score gets gradient from the generator loss
-and the critic's loss sees only detached chunks, so the two updates do not mix.
+**Stage 1** (sampler compression, :mod:`training.objectives.dmd`): the student and the critic start as
+copies of the teacher; each step draws chunks with the renderer's conditions from the latent cache (as the
+teacher's trainer does, ground-truth context), the student generates them at a drawn level of its 4-, 2-
+or 1-step grid (backward simulation), the DMD gradient (critic minus guided teacher) moves the student,
+and the critic learns the flow-matching velocity of the student's (detached) chunks.
 
-What is trained: :class:`DistillModules` (student + its EMA, critic, and the frozen teacher, which stays
-in eval mode), under the shared :class:`~training.trainers.runtime.Trainer`: torchrun (gloo / nccl),
-resumable checkpoints, configs saved with them, curves, identical ranks checked at the end. The export
-(``<out>/export``) is a renderer bundle whose ``dit/`` is the student's EMA: a plain
-:class:`JointAudioVideoDiT` (no CFG dropout), sampled by the renderer's own ``FlowMatchingSampler`` with
-``steps`` 4, 2 or 1 and guidance 1 (the teacher's guidance is distilled into it).
+**Stage 2** (online chunk rollouts, ``stage = 2``, warm-started from a stage-1 checkpoint: student, EMA
+and critic): each step renders ``batch_size`` sessions of L chunks exactly as the renderer does, with the
+student's own 4-step sampler: chunk 0 from the reference alone, every later chunk from the student's own
+previous chunk (motion frames) and its own chunk 0 (the sink), no ground-truth context anywhere. Every
+chunk of the rollout is then a DMD example under the context the student produced itself: the student is
+trained at the sampler step drawn for it (its input recorded during the rollout), the teacher and the
+critic score it under the same self-made context. The units come from the orchestrator LM decoding the
+clip's transcript fed word by word, so the progress pointer decides which part of the partial transcript
+each chunk speaks (:mod:`training.pipelines.rollouts`; ``rollout.units = "corpus"`` is the ablation
+without it). L follows a curriculum from ``rollout.min_chunks`` to ``max_chunks`` over ``ramp_steps``.
+
+Both stages: one optimiser holds both networks as two groups (``critic_lr_scale`` sets the critic's
+learning rate relative to the student's), each clipped on its own; the critic is updated once per student
+update on the same generated chunks. Neither score gets gradient from the generator loss and the critic's
+loss sees only detached chunks, so the two updates do not mix. :class:`DistillModules` (student + its
+EMA, critic, and the frozen teacher, which stays in eval mode) runs under the shared
+:class:`~training.trainers.runtime.Trainer`: torchrun (gloo / nccl), resumable checkpoints, configs saved
+with them, curves, identical ranks checked at the end. The export (``<out>/export``) is a renderer bundle
+whose ``dit/`` is the student's EMA: a plain :class:`JointAudioVideoDiT` (no CFG dropout), sampled by the
+renderer's own ``FlowMatchingSampler`` with guidance 1 (the teacher's guidance is distilled into it).
 """
 
 from __future__ import annotations
@@ -91,7 +104,7 @@ class RolloutConfig:
 
 @dataclass(frozen=True)
 class DistillTrainConfig:
-    run: RunConfig = RunConfig(out="runs/distill-tiny")
+    run: RunConfig = RunConfig(out="runs/distill-s1")
     # 1: sampler compression on chunks with ground-truth context; 2: online chunk rollouts (run.init_from
     # a stage-1 run's checkpoint, which holds the student, its EMA and the critic).
     stage: int = 1
