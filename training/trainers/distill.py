@@ -67,7 +67,7 @@ from training.objectives.dmd import (
 from training.objectives.flow_matching import FlowMatchingConfig, NoiseDraw, draw_noise, flow_matching_loss
 from training.pipelines.dit_data import ChunkBatch, ChunkConditions, ChunkSampler, load_codecs
 from training.pipelines.rollouts import UNIT_SOURCES, RolloutBatch, RolloutSource, orchestrator_units
-from training.trainers.dit import DiTDataConfig, EMAConfig, EMADiT, ensure_cache, load_split, write_dit_bundle
+from training.trainers.dit import DiTDataConfig, EMAConfig, EMADiT, load_split, training_latents, write_dit_bundle
 from training.trainers.runtime import RunConfig, Trainer, init_distributed, load_train_config
 
 log = logging.getLogger(__name__)
@@ -314,15 +314,10 @@ def draw_batch(chunks: ChunkBatch, config: DistillTrainConfig, generator: torch.
 
 
 def train(config: DistillTrainConfig) -> Path | None:
-    """Run (or resume) stage 1; returns the export directory on rank 0."""
+    """Run (or resume) the configured stage; returns the export directory on rank 0."""
     r = config.run
     info = init_distributed(r.backend, r.threads)
-    codecs = load_codecs(config.data.bundle or None)
-    if info.is_main:
-        ensure_cache(config.data, codecs, [config.data.split], r.progress)
-    if info.distributed:
-        dist.barrier()
-    cache = load_split(config.data, config.data.split, codecs)
+    codecs, cache = training_latents(config.data, info, r.progress)
     teacher = load_teacher(config.teacher)
     if teacher.config.num_units != codecs.units.config.num_units:
         raise ValueError(f"the teacher has {teacher.config.num_units} units, the codecs' tokenizer "

@@ -79,7 +79,7 @@ from training.pipelines.dit_data import (
     precompute,
     splits_in,
 )
-from training.trainers.runtime import RunConfig, Trainer, init_distributed, load_train_config
+from training.trainers.runtime import DistInfo, RunConfig, Trainer, init_distributed, load_train_config
 
 log = logging.getLogger(__name__)
 TB = TimeBase()
@@ -194,16 +194,21 @@ def load_split(data: DiTDataConfig, split: str, codecs: Codecs) -> LatentCache:
 
 # ---- training -------------------------------------------------------------------------------------
 
+def training_latents(data: DiTDataConfig, info: DistInfo, progress: bool) -> tuple[Codecs, LatentCache]:
+    """The codecs and the training split's latent cache on every rank (rank 0 builds a missing cache)."""
+    codecs = load_codecs(data.bundle or None)
+    if info.is_main:
+        ensure_cache(data, codecs, [data.split], progress)
+    if info.distributed:
+        dist.barrier()  # the other ranks read the cache rank 0 just made
+    return codecs, load_split(data, data.split, codecs)
+
+
 def train(config: DiTTrainConfig) -> Path | None:
     """Train (or resume) the teacher; returns the export directory on rank 0."""
     r = config.run
     info = init_distributed(r.backend, r.threads)
-    codecs = load_codecs(config.data.bundle or None)
-    if info.is_main:
-        ensure_cache(config.data, codecs, [config.data.split], r.progress)
-    if info.distributed:
-        dist.barrier()  # the other ranks read the cache rank 0 just made
-    cache = load_split(config.data, config.data.split, codecs)
+    codecs, cache = training_latents(config.data, info, r.progress)
     dit_config = config.model.build(codecs)
     sampler = ChunkSampler(cache, dit_config.silence_unit, config.data.sampling, TB)
     torch.manual_seed(r.seed)  # every rank builds the same initial weights
