@@ -105,6 +105,13 @@ def test_bad_configuration_is_a_clear_error(redis_server):
     assert proc.returncode != 0 and "steps: expected int, got 'four'" in proc.stderr
 
 
+def test_a_dit_the_bundle_lacks_is_a_clear_error_at_start(redis_server):
+    proc = subprocess.run([sys.executable, "-m", "services.renderer"], cwd=ROOT, capture_output=True, text=True,
+                          env=child_env(STREAMCHAR_DIT="dit-nonesuch"), timeout=120)
+    assert proc.returncode != 0 and "no DiT 'dit-nonesuch'" in proc.stderr
+    assert "teacher" in proc.stderr  # it names the DiTs the bundle does hold
+
+
 @pytest.mark.parametrize(("device", "says"), [
     ("cuda", "no usable CUDA device"),  # this CPU machine; on a GPU host the same setting renders there
     ("tpu", "device must be cpu or cuda"),
