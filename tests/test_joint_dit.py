@@ -59,6 +59,28 @@ def test_output_shapes_and_zero_init() -> None:
     assert video.abs().max() == 0 and audio.abs().max() == 0
 
 
+def test_last_block_computing_only_the_noisy_tokens_is_exact(monkeypatch) -> None:
+    """The last block computes only the read-out tokens; the same model with every token computed by
+    every block (queries dropped) must give the same velocities."""
+    model = randomized_model()
+    inputs = make_inputs(batch=2)
+    pruned = run(model, inputs)
+    last = model.blocks[-1]
+    full_forward = type(last).forward
+    noisy = model.readout_tokens
+
+    def full_then_select(self, x, c, attn_mask, queries=None):  # noqa: ANN001, ANN202
+        out = full_forward(self, x, c, attn_mask)
+        return out if queries is None else out[:, queries]
+
+    monkeypatch.setattr(type(last), "forward", full_then_select)
+    full = run(model, inputs)
+    assert noisy.numel() == CONFIG.frames_per_chunk * (CONFIG.patches_per_frame + CONFIG.mel_per_frame)
+    for a, b in zip(pruned, full):
+        assert a.abs().max() > 0.1
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_rejects_wrong_chunk_length() -> None:
     inputs = make_inputs()
     inputs["audio_noisy"] = inputs["audio_noisy"][:, :-1]

@@ -123,13 +123,16 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
-        """x [B, N, D], attn_mask [B, 1, 1, N] bool (True = key may be attended) -> [B, N, D]."""
+    def forward(self, x: Tensor, attn_mask: Tensor, queries: Tensor | None = None) -> Tensor:
+        """x [B, N, D], attn_mask [B, 1, 1, N] bool (True = key may be attended) -> [B, N, D];
+        queries [Q] long: only those tokens' outputs ([B, Q, D]), every token still a key and value."""
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, heads, N, D/heads]
+        if queries is not None:
+            q = q[:, :, queries]  # [B, heads, Q, D/heads]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+        return self.proj(out.transpose(1, 2).reshape(B, q.shape[2], D))
 
 
 class DiTBlock(nn.Module):
@@ -143,12 +146,13 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
-    def forward(self, x: Tensor, c: Tensor, attn_mask: Tensor) -> Tensor:
-        """x [B, N, D], c [B, D] -> [B, N, D]."""
+    def forward(self, x: Tensor, c: Tensor, attn_mask: Tensor, queries: Tensor | None = None) -> Tensor:
+        """x [B, N, D], c [B, D] -> [B, N, D] (queries [Q] long: only those tokens, [B, Q, D])."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.adaLN_modulation(c)[:, None].chunk(6, dim=-1)  # 6 x [B, 1, D]
         )
-        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), attn_mask)
+        attended = self.attn(modulate(self.norm1(x), shift_msa, scale_msa), attn_mask, queries)
+        x = (x if queries is None else x[:, queries]) + gate_msa * attended
         return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
@@ -210,6 +214,8 @@ class JointAudioVideoDiT(nn.Module):
         # highest frequency, and audio token k of frame f lands exactly on video frame f + k/m.
         self.register_buffer("token_time_embedding", sinusoidal_embedding(token_time * m, D), persistent=False)
         self.register_buffer("token_role", torch.cat([video_roles.repeat_interleave(T), audio_roles]), persistent=False)
+        self.register_buffer("readout_tokens", torch.cat([
+            torch.arange(Fc * T), self.num_video_tokens + torch.arange(Fc * m)]), persistent=False)  # noisy tokens
         self.register_buffer(
             "token_modality",
             torch.tensor([MODALITY_VIDEO] * self.num_video_tokens + [MODALITY_AUDIO] * self.num_audio_tokens),
@@ -343,12 +349,14 @@ class JointAudioVideoDiT(nn.Module):
         attn_mask = available[:, self.token_role][:, None, None, :]  # [B, 1, 1, N]
 
         # 4. Transformer over the whole window, adaLN-conditioned on the noise level.
+        # Only the noisy tokens are read out, so the last block computes only theirs (every token
+        # stays a key and value): exact, and it skips ~60% of that block's attention and MLP.
         cond = self.t_embedder(t)  # [B, D]
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x, cond, attn_mask)
+        x = self.blocks[-1](x, cond, attn_mask, self.readout_tokens)  # [B, F*T + M, D]
 
-        # 5. Read out only the noisy tokens.
-        audio_start = self.num_video_tokens
+        # 5. Read out the noisy tokens: video first, then audio.
         video_velocity = self._unpatchify(self.video_final(x[:, : Fc * T], cond))  # [B, F, C, h, w]
-        audio_velocity = self.audio_final(x[:, audio_start : audio_start + Fc * m], cond)  # [B, M, Ca]
+        audio_velocity = self.audio_final(x[:, Fc * T :], cond)  # [B, M, Ca]
         return video_velocity, audio_velocity

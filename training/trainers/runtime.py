@@ -30,6 +30,7 @@ and a loss function; :class:`Trainer` does the rest:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -393,6 +394,12 @@ class Trainer:
         return path
 
     def close(self) -> None:
+        """Tear the process group down while every rank and the interpreter are still alive: the DDP
+        wrapper (its reducer holds the group and gloo worker threads) goes first, then a barrier, then the
+        group. Left to interpreter exit, gloo's threads can abort one rank ("terminate called without an
+        active exception"), which torchrun reports as a failed run after the work was done."""
         if self.info.distributed and dist.is_initialized():
+            self.ddp = self.model
+            gc.collect()
             dist.barrier()
             dist.destroy_process_group()
