@@ -204,7 +204,8 @@ def _write_shard_job(config: CorpusConfig, split: str, first: int, count: int, p
     """One shard, in a worker process: (seconds of corpus, wall seconds). Samples are pure functions of
     (seed, split, index), so shards written in any order, by any process, are the same bytes."""
     t0 = time.perf_counter()
-    generator = SampleGenerator(config)
+    torch.set_num_threads(1)  # float reductions must not depend on how many threads a process has
+    generator = SampleGenerator(config)  # fresh per shard: nothing carries over from an earlier shard
     samples = [generator.generate(split, i) for i in range(first, first + count)]
     write_shard(Path(path), samples)
     return sum(s.num_frames for s in samples) / TB.fps, time.perf_counter() - t0
@@ -245,15 +246,14 @@ def write_corpus(root: Path, config: CorpusConfig, progress: bool = True, worker
         st.wall_seconds += wall
 
     if workers == 1:
-        generator = SampleGenerator(config)
-        for split, first, count, path in jobs:
-            t0 = time.perf_counter()
-            samples = []
-            for i in range(first, first + count):
-                samples.append(generator.generate(split, i))
-                bar.update(1)
-            write_shard(path, samples)
-            done(split, count, sum(s.num_frames for s in samples) / TB.fps, time.perf_counter() - t0)
+        threads = torch.get_num_threads()
+        try:
+            for split, first, count, path in jobs:  # the workers' job, here: the same bytes either way
+                seconds, wall = _write_shard_job(config, split, first, count, str(path))
+                bar.update(count)
+                done(split, count, seconds, wall)
+        finally:
+            torch.set_num_threads(threads)
     elif jobs:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = {pool.submit(_write_shard_job, config, split, first, count, str(path)): (split, count)
