@@ -201,8 +201,8 @@ class CorpusStats:
 
 
 def _write_shard_job(config: CorpusConfig, split: str, first: int, count: int, path: str) -> tuple[float, float]:
-    """One shard, in a worker process: (seconds of corpus, wall seconds). Samples are pure functions of
-    (seed, split, index), so shards written in any order, by any process, are the same bytes."""
+    """One shard, in this process or a worker: (seconds of corpus, wall seconds). Samples are pure
+    functions of (seed, split, index), so shards written in any order, by any process, are the same bytes."""
     t0 = time.perf_counter()
     torch.set_num_threads(1)  # float reductions must not depend on how many threads a process has
     generator = SampleGenerator(config)  # fresh per shard: nothing carries over from an earlier shard
