@@ -161,7 +161,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
     config = CorpusConfig(seed=args.seed, image_size=args.size, train_samples=args.train_samples,
                           val_samples=args.val_samples, test_samples=args.test_samples,
-                          speech_only=args.speech_only)
+                          speech_only=args.speech_only, utterances=args.utterances)
     started = time.perf_counter()
     stats = write_corpus(Path(args.out), config, progress=not args.quiet, workers=args.workers)
     wall = time.perf_counter() - started
@@ -350,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--test-samples", type=int, default=120)
     corpus.add_argument("--speech-only", action="store_true",
                         help="transcripts, speech and alignments without rendered frames (orchestrator LM data)")
+    corpus.add_argument("--utterances", type=int, default=1,
+                        help="utterances spoken as one sample (long samples for the orchestrator LM's slides)")
     corpus.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes writing shards at once (default: one per core)")
     corpus.add_argument("-q", "--quiet", action="store_true")

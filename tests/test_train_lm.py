@@ -304,3 +304,22 @@ def test_speech_only_corpus_extends_the_lm_data(samples, codecs, tmp_path):
     assert torch.equal(both.batch([len(sets[0]) - 1], 0).input_ids, sets[0].batch([len(sets[0]) - 1], 0).input_ids)
     with pytest.raises(ValueError, match="speech-only"):
         precompute(tmp_path / "speech", tmp_path / "dit-cache", "train", None, progress=False)
+
+
+def test_long_samples_slide_the_serving_context(codecs):
+    """A sample of several utterances starts with the one-utterance corpus's transcript, spoken as one
+    text; replayed through the serving protocol (max_context 1024) it rebuilds the context by slide
+    after slide, as a long session does, where this utterance alone fits in one context."""
+    from training.pipelines.lm_data import CacheSpec, sample_sequences
+
+    one = SampleGenerator(CorpusConfig(speech_only=True)).generate("train", 3)
+    long = SampleGenerator(CorpusConfig(speech_only=True, utterances=6)).generate("train", 3)
+    assert long.transcript.startswith(one.transcript + " ") and long.num_frames > 3 * one.num_frames
+    assert max(p.char_end for p in long.phonemes) > len(long.transcript) - 3  # aligned to its very end
+    protocol = OrchestratorProtocol(VOCAB, TimeBase().frames_per_chunk, ProtocolConfig())
+    spec = CacheSpec(Path("unused"), "train", protocol, codecs, False, 1e-3)
+    short, slid = sample_sequences(one, spec), sample_sequences(long, spec)
+    assert len(short) == 1 and len(slid) >= 3
+    assert max(len(s.input_ids) for s in slid) > 900  # positions up to max_context are trained on
+    with pytest.raises(ValueError, match="utterances"):
+        CorpusConfig(utterances=0)

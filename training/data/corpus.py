@@ -61,6 +61,14 @@ class CorpusConfig:
     # Speech only: no frames are rendered (frames are [F, 0, 0, 3]), for text-and-speech consumers such
     # as the orchestrator LM, whose data needs transcripts, phoneme alignments and waveforms only.
     speech_only: bool = False
+    # Utterances spoken as one sample, joined by spaces (as the evaluation's long streams are): > 1 makes
+    # long samples (~7 s per utterance) whose replay slides the orchestrator's context, so the LM trains
+    # on the positions and rebuilt contexts a long session reaches.
+    utterances: int = 1
+
+    def __post_init__(self) -> None:
+        if self.utterances < 1:
+            raise ValueError("utterances must be >= 1")
 
     def samples(self, split: str) -> int:
         return {"train": self.train_samples, "val": self.val_samples, "test": self.test_samples}[split]
@@ -129,7 +137,9 @@ class SampleGenerator:
         seed = self.config.seed
         for attempt in range(self.MAX_SPEECH_ATTEMPTS):
             parts = (seed, "transcript", split, index) + ((attempt,) if attempt else ())
-            transcript = transcript_from_seed(stable_hash(*parts))
+            # One utterance: the seed of the original corpus; more: each drawn from it and its number.
+            transcript = " ".join(transcript_from_seed(stable_hash(*parts, *((u,) if u else ())))
+                                  for u in range(self.config.utterances))
             try:
                 waveform, phonemes = self.synth.synthesize(transcript, speaker)
             except EspeakCrash as exc:
