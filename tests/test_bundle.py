@@ -103,6 +103,11 @@ def test_shipping_a_warm_started_part_keeps_the_record_of_the_weights_it_continu
     assert cold["steps"] == 7 and "warm_started_from" not in cold  # trained from scratch: nothing continued
     warm = ship(into, lm=export("warm", str(into / "orchestrator")))["training"]["orchestrator"]
     assert warm["steps"] == 7 and warm["warm_started_from"] == cold
+    # A run warm-started from another run's export, itself continuing the bundle's: the chain is kept.
+    first = export("first", str(into / "orchestrator"))
+    second = ship(into, lm=export("second", str(first)))["training"]["orchestrator"]
+    assert second["warm_started_from"]["config"]["run"]["init_from"] == str(into / "orchestrator")
+    assert second["warm_started_from"]["warm_started_from"] == warm
 
 
 def test_a_bundle_holds_the_teacher_and_students_side_by_side(bundle_dir, tmp_path):

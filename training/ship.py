@@ -35,6 +35,23 @@ def _same_codecs(a: Path, b: Path) -> bool:
                for (p,) in pairs)
 
 
+def _with_lineage(entry: dict, directory: str, part: str, previous: dict | None, into: Path, depth: int = 0) -> dict:
+    """`entry` with ``warm_started_from``: the record of the weights its run continued. Those are the
+    bundle's own `part` (its `previous` record), or another run's export (a run directory or the export
+    itself), whose record is followed the same way, so a chain of warm starts keeps every run."""
+    init = entry.get("config", {}).get("run", {}).get("init_from", "")
+    if not init or depth > 16:
+        return entry
+    source = Path(init)
+    if source.resolve() in ((into / part).resolve(), into.resolve()):
+        return {**entry, "warm_started_from": previous} if previous else entry
+    for export in (source / "export", source, source.parent):  # a run dir, an export, an export's part dir
+        earlier = read_manifest(export).get("training", {}).get(directory)
+        if earlier:
+            return {**entry, "warm_started_from": _with_lineage(earlier, directory, part, previous, into, depth + 1)}
+    return entry
+
+
 def ship(into: Path, lm: Path | None = None, dit: Path | None = None, teacher: Path | None = None,
          stage1: Path | None = None, variants: dict[str, Path] | None = None) -> dict:
     manifest = read_manifest(into)
@@ -60,10 +77,7 @@ def ship(into: Path, lm: Path | None = None, dit: Path | None = None, teacher: P
             shutil.copytree(source / directory, tmp)
             shutil.rmtree(target, ignore_errors=True)
             tmp.rename(target)
-        previous = manifest.get("training", {}).get(part)
-        init = entry.get("config", {}).get("run", {}).get("init_from", "")
-        if init and previous and Path(init).resolve() in (target.resolve(), into.resolve()):
-            entry = {**entry, "warm_started_from": previous}  # the weights it continued: keep their record
+        entry = _with_lineage(entry, directory, part, manifest.get("training", {}).get(part), into)
         manifest.setdefault("trained", {})[part] = True
         manifest.setdefault("training", {})[part] = entry
     write_manifest(into, manifest)
