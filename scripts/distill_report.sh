@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces docs/eval/distill/: the distillation's evaluation reports (short clips, long horizon) and its
 # benchmark, from the shipped bundle (teacher/, dit-stage1/, dit/ = the stage-2 student, dit-nopointer/).
-# 25-50 min on 2 CPU cores (2026-12-04: short 7 min, long 12 min). Usage: scripts/distill_report.sh [short|long|bench]...
+# 40-80 min on 2 CPU cores (2026-12-04: short 7 min, long 27 min, bench 8 min). Usage: scripts/distill_report.sh [short|long|bench]...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=.venv/bin/streamchar
@@ -20,8 +20,8 @@ for part in "${parts[@]}"; do
     short) $S evaluate --corpus data/corpus --protocol short --short-limit 20 --concurrency 4 \
              --system ground-truth --system pipeline,label=teacher-32-steps-cfg3,dit=teacher,steps=32,guidance=3 \
              "${STUDENTS[@]}" --out $OUT/short ;;
-    # The teacher is left out of the long streams: at 0.07-0.16x real time, 2 x 2 min would take 25-60 min.
-    long) $S evaluate --corpus data/corpus --protocol long --long-sessions 2 --long-minutes 2 \
+    # The teacher is left out of the long streams: at 0.07-0.16x real time, 4 x 2 min would take 50-120 min.
+    long) $S evaluate --corpus data/corpus --protocol long --long-sessions 4 --long-minutes 2 \
             --window-seconds 20 --concurrency 2 --system ground-truth "${STUDENTS[@]}" --out $OUT/long ;;
     bench) mkdir -p $OUT
            # one sentence for the comparison: the teacher takes ~2 s per 320 ms chunk here
