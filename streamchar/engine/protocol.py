@@ -41,7 +41,9 @@ from streamchar.models.vocab import StreamCharVocab
 class ProtocolConfig:
     lookahead_bytes: int = 24
     max_context: int = 1024
-    keep_frames: int = 96
+    # Frames a slide keeps (0.64 s). Fewer carry less of the LM's own pace into the rebuilt context: at 96, a
+    # long stream slowed down slide after slide (docs/eval/teacher/orchestrator.md, "keep_frames").
+    keep_frames: int = 16
     keep_text_behind: int = 32
     max_stall_frames: int = 40  # 1.6 s: a long word's frames after its onset advance (training/pipelines/lm_data.py)
 
