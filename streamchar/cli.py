@@ -40,7 +40,8 @@ def cmd_say(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     image = _read_character(args.character)
     pipeline = Pipeline(PipelineConfig(checkpoint=args.checkpoint, dit=args.dit, steps=args.steps,
-                                       guidance=args.guidance, seed=args.seed))
+                                       guidance=args.guidance, audio_temperature=args.audio_temperature,
+                                       seed=args.seed))
     bar = tqdm(total=len(args.text), unit="char", desc="speaking", disable=args.quiet)
 
     def progress(chunk: int, pointer: int, total: int) -> None:
@@ -272,7 +273,8 @@ def cmd_samples(args: argparse.Namespace) -> int:
     from training.eval.samples import render_samples
 
     torch.set_num_threads(args.threads)
-    videos = render_samples(args.out, args.count, args.checkpoint, args.steps, args.guidance, dit=args.dit)
+    videos = render_samples(args.out, args.count, args.checkpoint, args.steps, args.guidance, dit=args.dit,
+                            audio_temperature=args.audio_temperature)
     for v in videos:
         print(f"{v.path} ({len(v.frames)} frames): {v.text}")
     print(f"{Path(args.out) / 'contact_sheet.png'}")
@@ -291,9 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--voice", default="")
     say.add_argument("--checkpoint", default="", help="bundle directory (default: the shipped tiny bundle)")
     say.add_argument("--dit", default="dit", help="the bundle's DiT: dit (the distilled student, 4 steps), "
-                     "dit-stage1, or teacher (with --steps 32 --guidance 3)")
+                     "dit-stage1, or teacher (with --steps 32 --guidance 3 --audio-temperature 0)")
     say.add_argument("--steps", type=int, default=4)
     say.add_argument("--guidance", type=float, default=1.0)
+    say.add_argument("--audio-temperature", type=float, default=1.0, help="scales the audio's starting noise")
     say.add_argument("--seed", type=int, default=1)
     say.add_argument("--threads", type=int, default=2)
     say.add_argument("-q", "--quiet", action="store_true")
@@ -410,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("--dit", default="dit", help="the bundle's DiT (dit, dit-stage1, teacher)")
     samples.add_argument("--steps", type=int, default=4)
     samples.add_argument("--guidance", type=float, default=1.0)
+    samples.add_argument("--audio-temperature", type=float, default=1.0, help="scales the audio's starting noise")
     samples.add_argument("--threads", type=int, default=2)
     samples.set_defaults(func=cmd_samples)
 

@@ -31,6 +31,7 @@ class PipelineConfig:
     dit: str = "dit"  # the bundle's DiT: dit (the distilled student), teacher, dit-stage1
     steps: int = 4
     guidance: float = 1.0
+    audio_temperature: float = 1.0
     sink: bool = True
     seed: int = 0
     keyframe_interval_frames: int = 24
@@ -69,7 +70,7 @@ class Pipeline:
             self.store, EmbeddedLMBackend(lm, logit_bias=lm.logit_bias(vocab)), vocab,
             OrchestratorProtocol(vocab, time_base.frames_per_chunk, config.protocol))
         self.render_engine = RenderEngine(self.renderer_models, config.steps, config.guidance, 1, self._render_executor,
-                                          sink=config.sink)
+                                          sink=config.sink, audio_temperature=config.audio_temperature)
         self.session_renderer = SessionRenderer(self.store, self.render_engine)
 
     async def close(self) -> None:

@@ -276,3 +276,12 @@ def test_orchestrator_units_are_decoded_once_and_cached(dit_corpus: Path, tmp_pa
     before = path.stat().st_mtime_ns
     again = orchestrator_units(dit_corpus, "test", tmp_path, progress=False)
     assert path.stat().st_mtime_ns == before and all(torch.equal(again[k], v) for k, v in units.items())
+
+
+def test_a_teacher_with_an_audio_prior_is_refused_clearly(tmp_path: Path) -> None:
+    from training.trainers.distill import load_teacher
+
+    config = dataclasses.replace(PRESETS["tiny"], num_units=5, prior_layers=1)
+    save_module(JointAudioVideoDiT(config), config, tmp_path / "dit")
+    with pytest.raises(ValueError, match="audio prior"):
+        load_teacher(str(tmp_path / "dit"))

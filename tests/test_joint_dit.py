@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -216,3 +218,64 @@ def test_presets_build_consistent_configs() -> None:
     paper = PRESETS["paper"]
     assert paper.patches_per_frame == 256 and paper.width % paper.num_heads == 0
     JointAudioVideoDiT(PRESETS["tiny"])
+
+
+# ---- the audio prior ------------------------------------------------------------------------------
+
+PRIOR_CONFIG = JointDiTConfig(width=32, depth=2, num_heads=2, num_units=10, prior_layers=2)
+
+
+def test_prior_mean_is_per_chunk_and_sees_only_the_chunks_units() -> None:
+    model = randomized_model(PRIOR_CONFIG)
+    units = make_inputs(PRIOR_CONFIG)["units"]
+    with torch.no_grad():
+        mean = model.prior_mean(units)
+        assert mean.shape == (2, PRIOR_CONFIG.frames_per_chunk * PRIOR_CONFIG.mel_per_frame, PRIOR_CONFIG.audio_channels)
+        changed = units.clone()
+        changed[0, -1] = (changed[0, -1] + 1) % PRIOR_CONFIG.num_units
+        other = model.prior_mean(changed)
+    m, reach = PRIOR_CONFIG.mel_per_frame, PRIOR_CONFIG.prior_layers * (PRIOR_CONFIG.prior_kernel // 2)
+    assert torch.equal(other[1], mean[1])  # rows are independent
+    assert not torch.equal(other[0, -m:], mean[0, -m:])  # the last frame's own mels follow its unit
+    first_reached = PRIOR_CONFIG.frames_per_chunk - 1 - reach
+    assert torch.equal(other[0, : first_reached * m], mean[0, : first_reached * m])  # beyond the convs' reach
+    assert JointAudioVideoDiT(CONFIG).prior_mean(units) is None
+
+
+def test_a_prior_dit_needs_the_prior_mean_and_a_plain_one_refuses_it() -> None:
+    inputs = make_inputs(PRIOR_CONFIG)
+    model = randomized_model(PRIOR_CONFIG)
+    with pytest.raises(ValueError, match="audio_prior is required"):
+        run(model, inputs)
+    with torch.no_grad():
+        prior = model.prior_mean(inputs["units"])
+    video, audio = run(model, dict(inputs, audio_prior=prior))
+    assert video.shape == inputs["video_noisy"].shape and audio.shape == inputs["audio_noisy"].shape
+    # the noisy audio tokens see the prior mean
+    assert not torch.equal(run(model, dict(inputs, audio_prior=prior + 1))[1], audio)
+    with pytest.raises(ValueError, match="no prior"):
+        run(randomized_model(CONFIG), dict(make_inputs(CONFIG), audio_prior=prior))
+
+
+def test_a_prior_dit_warm_started_from_a_plain_one_starts_as_it(tmp_path) -> None:
+    """The prior's input projection starts at zero: the plain DiT's weights give the same velocities."""
+    from training.trainers.runtime import warm_start
+
+    plain = randomized_model(CONFIG)
+    save_module(plain, plain.config, tmp_path)
+    torch.manual_seed(3)
+    prior_dit = JointAudioVideoDiT(dataclasses.replace(CONFIG, prior_layers=2)).eval()
+    report = warm_start(prior_dit, tmp_path)
+    assert all(name.startswith(("prior.", "prior_embed.")) for name in report["fresh"]) and report["fresh"]
+    inputs = make_inputs(CONFIG)
+    with torch.no_grad():
+        prior = prior_dit.prior_mean(inputs["units"])
+    for a, b in zip(run(plain, inputs), run(prior_dit, dict(inputs, audio_prior=prior))):
+        torch.testing.assert_close(a, b)
+
+
+def test_prior_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="prior"):
+        JointDiTConfig(prior_layers=-1)
+    with pytest.raises(ValueError, match="prior"):
+        JointDiTConfig(prior_layers=2, prior_kernel=4)

@@ -132,8 +132,58 @@ def test_real_model_is_deterministic_given_noise() -> None:
     assert not torch.equal(sample(5, 1.0)[0], sample(5, 2.5)[0])
 
 
+class PriorFlow(StraightFlow):
+    """A StraightFlow in residual space over a fixed audio prior mean, as a prior DiT's audio is."""
+
+    def __init__(self, video_x0: torch.Tensor, audio_x0: torch.Tensor, prior: torch.Tensor) -> None:
+        super().__init__(video_x0, audio_x0 - prior)
+        self.prior = prior
+        self.prior_units: list[torch.Tensor] = []
+
+    def prior_mean(self, units: torch.Tensor) -> torch.Tensor:
+        self.prior_units.append(units)
+        return self.prior
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_a_prior_models_audio_is_denoised_as_a_residual_over_the_prior(guidance: float) -> None:
+    video_shape, audio_shape = shapes(batch=3)
+    x0_video, x0_audio, prior = torch.randn(video_shape), torch.randn(audio_shape), torch.randn(audio_shape)
+    model = PriorFlow(x0_video, x0_audio, prior)
+    cond = condition(batch=3)
+    video, audio = FlowMatchingSampler(4, guidance=guidance).sample(model, cond, *shapes_noise(video_shape, audio_shape))
+    torch.testing.assert_close(audio, x0_audio, rtol=1e-5, atol=1e-5)  # residual + prior
+    torch.testing.assert_close(video, x0_video, rtol=1e-5, atol=1e-5)
+    assert len(model.prior_units) == 1 and torch.equal(model.prior_units[0], cond["units"])  # real units, once
+    copies = 2 if guidance != 1.0 else 1
+    for call in model.calls:  # every forward, both CFG branches, sees the same prior mean
+        assert torch.equal(call["audio_prior"], torch.cat([prior] * copies))
+
+
+def shapes_noise(video_shape, audio_shape):
+    g = torch.Generator().manual_seed(4)
+    return torch.randn(video_shape, generator=g), torch.randn(audio_shape, generator=g)
+
+
 def test_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError):
         FlowMatchingSampler(0)
     with pytest.raises(ValueError):
         FlowMatchingSampler(4, shift=0.0)
+
+
+def test_audio_temperature_scales_only_the_audio_starting_noise() -> None:
+    video_shape, audio_shape = shapes()
+    seen = []
+
+    class Recorder(StraightFlow):
+        def forward(self, video_noisy, audio_noisy, t, units, **context):
+            seen.append((video_noisy, audio_noisy))
+            return super().forward(video_noisy, audio_noisy, t, units, **context)
+
+    model = Recorder(torch.randn(video_shape), torch.randn(audio_shape))
+    noise = shapes_noise(video_shape, audio_shape)
+    FlowMatchingSampler(2, audio_temperature=0.5).sample(model, condition(), *noise)
+    assert torch.equal(seen[0][0], noise[0]) and torch.equal(seen[0][1], 0.5 * noise[1])
+    with pytest.raises(ValueError, match="audio_temperature"):
+        FlowMatchingSampler(2, audio_temperature=-0.1)

@@ -229,6 +229,28 @@ def test_loss_is_zero_at_the_sampler_convention(latents: LatentCache, codecs: Co
     assert torch.allclose(velocity_target(batch.video, noise.video), noise.video - batch.video)
 
 
+def test_with_a_prior_the_audio_target_is_the_residual(latents: LatentCache, codecs: Codecs) -> None:
+    batch = ChunkSampler(latents, dit_config(codecs).silence_unit).draw(4, torch.Generator().manual_seed(1))
+    config = FlowMatchingConfig()
+    noise = draw_noise(config, batch.video.shape, batch.audio.shape, torch.Generator().manual_seed(2))
+    noise.t = noise.t.clamp(min=0.05)
+    prior = torch.randn(batch.audio.shape, generator=torch.Generator().manual_seed(3))
+    seen = {}
+
+    class ResidualOracle(OracleDiT):
+        def forward(self, video_noisy, audio_noisy, t, **cond):
+            seen.update(cond)
+            return super().forward(video_noisy, audio_noisy, t)
+
+    loss, _ = flow_matching_loss(ResidualOracle(batch.video, batch.audio - prior), batch.video, batch.audio,
+                                 batch.cond, noise, config, prior)
+    assert float(loss) < 1e-8 and torch.equal(seen["audio_prior"], prior)
+    # the same oracle without the prior is off by exactly the prior in x0
+    loss, metrics = flow_matching_loss(ResidualOracle(batch.video, batch.audio - prior), batch.video, batch.audio,
+                                       batch.cond, noise, config)
+    assert metrics["loss_audio"] > 0.1
+
+
 def test_mouth_weight_shifts_the_video_term_onto_the_mouth_box(latents: LatentCache, codecs: Codecs) -> None:
     batch = ChunkSampler(latents, dit_config(codecs).silence_unit).draw(4, torch.Generator().manual_seed(1))
     plain = FlowMatchingConfig()
@@ -311,7 +333,8 @@ def test_torchrun_two_ranks_train_export_and_resume(corpus: Path, cache: Path, t
             "--set", f"data.corpus={corpus}", "--set", f"data.cache={cache}", "--set", f"run.out={out}",
             "--set", "model.width=64", "--set", "model.depth=1", "--set", "model.num_heads=2",
             "--set", "run.batch_size=2", "--set", "run.log_every=1", "--set", "run.checkpoint_every=100",
-            "--set", "run.warmup_steps=2", "--set", "run.progress=false", "--set", "run.backend=gloo"]
+            "--set", "run.warmup_steps=2", "--set", "run.progress=false", "--set", "run.backend=gloo",
+            "--set", "prior.steps=3", "--set", "prior.batch_size=4"]  # the config's audio prior, fitted first
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def run(steps: int) -> str:
@@ -320,7 +343,8 @@ def test_torchrun_two_ranks_train_export_and_resume(corpus: Path, cache: Path, t
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout + done.stderr
 
-    run(3)
+    log = run(3)
+    assert "dit prior: step 3/3" in log
     ranks = json.loads((out / "ranks.json").read_text())
     assert ranks["step"] == 3 and len(ranks["digests"]) == 2 and len(set(ranks["digests"])) == 1
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-0000003"
@@ -328,7 +352,7 @@ def test_torchrun_two_ranks_train_export_and_resume(corpus: Path, cache: Path, t
     first_export = (out / "export" / "dit" / "model.safetensors").read_bytes()
 
     log = run(5)
-    assert "resumed from" in log and "at step 3" in log
+    assert "resumed from" in log and "at step 3" in log and "dit prior:" not in log  # fitted once
     ranks = json.loads((out / "ranks.json").read_text())
     assert ranks["step"] == 5 and len(set(ranks["digests"])) == 1
     history = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -337,6 +361,7 @@ def test_torchrun_two_ranks_train_export_and_resume(corpus: Path, cache: Path, t
 
     renderer = load_renderer(out / "export")
     assert renderer.trained and (renderer.dit.config.width, renderer.dit.config.depth) == (64, 1)
+    assert int(renderer.dit.prior.fitted_steps) == 3  # the EMA export holds the fitted prior
     assert json.loads((out / "export" / "bundle.json").read_text())["training"]["dit"]["steps"] == 5
 
 
@@ -375,3 +400,29 @@ def test_warm_start_from_an_export_fills_the_dit_and_its_ema(tmp_path: Path) -> 
     assert report["fresh"] == ["ema_updates"] and len(report["copied"]) == 2 * len(source.state_dict())
     for name, weight in source.state_dict().items():
         assert torch.equal(target.dit.state_dict()[name], weight) and torch.equal(target.ema.state_dict()[name], weight)
+
+
+def test_the_prior_only_ablation_speaks_exactly_the_prior_mean() -> None:
+    from training.trainers.dit import PriorOnlyAudio
+
+    config = dataclasses.replace(PRESETS["tiny"], num_units=5, width=32, depth=1, num_heads=2, prior_layers=1)
+    torch.manual_seed(0)
+    dit = JointAudioVideoDiT(config).eval()
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.normal_(0.0, 0.1)
+    g = torch.Generator().manual_seed(1)
+    Fc, m, Ca, C, h = config.frames_per_chunk, config.mel_per_frame, config.audio_channels, config.video_channels, config.video_latent_size
+    cond = {"units": torch.randint(0, 5, (2, Fc), generator=g), "ref_video": torch.randn(2, C, h, h, generator=g),
+            "sink_video": torch.zeros(2, Fc, C, h, h), "sink_audio": torch.zeros(2, Fc * m, Ca),
+            "motion_video": torch.zeros(2, 2, C, h, h), "motion_audio": torch.zeros(2, 2 * m, Ca),
+            "has_sink": torch.zeros(2, dtype=torch.bool), "has_motion": torch.zeros(2, dtype=torch.bool)}
+    noise = torch.randn(2, Fc, C, h, h, generator=g), torch.randn(2, Fc * m, Ca, generator=g)
+    video, audio = FlowMatchingSampler(4, guidance=3.0).sample(PriorOnlyAudio(dit), cond, *noise)
+    with torch.no_grad():
+        torch.testing.assert_close(audio, dit.prior_mean(cond["units"]), atol=1e-5, rtol=1e-5)
+    full_video, full_audio = FlowMatchingSampler(4, guidance=3.0).sample(dit, cond, *noise)
+    assert not torch.allclose(full_audio, audio)  # the DiT's own residual is not zero
+    assert video.shape == full_video.shape
+    with pytest.raises(ValueError, match="prior"):
+        PriorOnlyAudio(JointAudioVideoDiT(dataclasses.replace(config, prior_layers=0)))

@@ -64,6 +64,9 @@ class RendererConfig:
     dit: str = "dit"  # which of the bundle's DiTs: dit (the distilled student), teacher, dit-stage1
     steps: int = 4  # sampler steps: 4 for the students; the teacher samples with 32 and guidance 3
     guidance: float = 1.0
+    # Scales the audio's starting noise (FlowMatchingSampler): the teacher with the audio prior speaks
+    # most clearly at 0 (docs/eval/teacher/dit.md)
+    audio_temperature: float = 1.0
     sink: bool = True  # False: chunks are rendered without the sink chunk (an ablation)
     max_batch: int = 4
     window: int = 2
@@ -78,6 +81,8 @@ class RendererConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.max_batch < 1 or self.window < 1:
             raise ValueError("steps, max_batch and window must be >= 1")
+        if not 0.0 <= self.audio_temperature <= 2.0:
+            raise ValueError(f"audio_temperature must be in [0, 2], got {self.audio_temperature}")
 
 
 def _pcm_s16le(pcm: np.ndarray) -> bytes:
@@ -260,13 +265,15 @@ async def start(config: RendererConfig) -> RunningServer:
         models = load_renderer(config.checkpoint or None, time_base=TimeBase(), dit=config.dit).to(config.device)
     except (ValueError, FileNotFoundError) as e:
         raise RuntimeError(f"renderer: {e}") from None
-    logging.getLogger(__name__).info("renderer models loaded (%s, DiT %s) on %s, %d steps, guidance %.2f%s",
+    logging.getLogger(__name__).info("renderer models loaded (%s, DiT %s) on %s, %d steps, guidance %.2f, "
+                                     "audio temperature %.2f%s",
                                      "trained" if models.trained else "UNTRAINED random init", config.dit,
-                                     models.device, config.steps, config.guidance,
+                                     models.device, config.steps, config.guidance, config.audio_temperature,
                                      "" if config.sink else ", no sink")
     store = open_store(config.store_url, config.session_ttl_seconds)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render-engine")
-    engine = RenderEngine(models, config.steps, config.guidance, config.max_batch, executor, sink=config.sink)
+    engine = RenderEngine(models, config.steps, config.guidance, config.max_batch, executor, sink=config.sink,
+                          audio_temperature=config.audio_temperature)
     channel = grpc.aio.insecure_channel(config.orchestrator_address, options=channel_options())
     service = RendererService(config, store, SessionRenderer(store, engine),
                               orchestrator_pb2_grpc.OrchestratorStub(channel))

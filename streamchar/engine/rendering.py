@@ -105,11 +105,11 @@ def chunk_seed(session_seed: int, chunk_index: int) -> int:
 
 class RenderEngine:
     def __init__(self, models: RendererModels, steps: int, guidance: float, max_batch: int,
-                 executor: ThreadPoolExecutor, sink: bool = True) -> None:
+                 executor: ThreadPoolExecutor, sink: bool = True, audio_temperature: float = 1.0) -> None:
         """sink=False: the DiT never sees the session's sink chunk (an ablation; the session state still
-        keeps it)."""
+        keeps it). audio_temperature: the sampler's (``FlowMatchingSampler``)."""
         self.models = models
-        self.sampler = FlowMatchingSampler(steps, guidance)
+        self.sampler = FlowMatchingSampler(steps, guidance, audio_temperature=audio_temperature)
         self.sink = sink
         self.max_batch = max_batch
         self.executor = executor

@@ -44,6 +44,11 @@ class JointDiTConfig:
     # session length, and they sit far from [-Fm, F) so they never alias motion/noisy frames.
     sink_position: float = -32.0
     ref_position: float = -48.0
+    # Audio prior (0: none). With L > 0 layers, a small convolutional network maps the chunk's units to
+    # a mean of its audio latents, and the chunk's audio is denoised as the residual over that mean
+    # (see AudioPrior).
+    prior_layers: int = 0
+    prior_kernel: int = 5
 
     def __post_init__(self) -> None:
         if self.video_latent_size % self.patch_size:
@@ -54,6 +59,8 @@ class JointDiTConfig:
             raise ValueError("width must be even for the sinusoidal embeddings")
         if not 0.0 <= self.cond_dropout <= 1.0:
             raise ValueError("cond_dropout must be in [0, 1]")
+        if self.prior_layers < 0 or self.prior_kernel < 1 or self.prior_kernel % 2 == 0:
+            raise ValueError("need prior_layers >= 0 and an odd prior_kernel >= 1")
 
     @property
     def patches_per_frame(self) -> int:
@@ -169,6 +176,39 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
+class AudioPrior(nn.Module):
+    """The chunk's units -> a mean of its audio latents: the starting point the DiT's audio refines.
+
+    Like the text-conditioned prior of Grad-TTS (Popov et al. 2021) and PriorGrad (Lee et al. 2022): a
+    deterministic network regresses the mel frames from the units (MSE), and the flow then only has to
+    generate what the units do not determine (voice, pitch, the fine structure) as a residual over it.
+    On the tiny corpus such a prior alone, decoded, is more intelligible than the DiT trained without
+    one (docs/eval/teacher/dit.md). Residual 1-D convolutions over the chunk's F frames (zero padding
+    at the chunk's edges: a chunk knows only its own units), then one linear map per frame to its m mel
+    frames. Fitted before the DiT trains and frozen while it does (training/trainers/dit.py).
+    """
+
+    def __init__(self, config: JointDiTConfig) -> None:
+        super().__init__()
+        c = config
+        self.mel_per_frame, self.audio_channels = c.mel_per_frame, c.audio_channels
+        self.embed = nn.Embedding(c.num_units + 2, c.width)
+        self.convs = nn.ModuleList([nn.Conv1d(c.width, c.width, c.prior_kernel, padding=c.prior_kernel // 2)
+                                    for _ in range(c.prior_layers)])
+        self.out = nn.Linear(c.width, c.mel_per_frame * c.audio_channels)
+        # 0 until fitted: a trainer that finds 0 (a fresh prior, or a warm start from a DiT without one)
+        # fits it first; saved with the weights.
+        self.register_buffer("fitted_steps", torch.zeros((), dtype=torch.long))
+
+    def forward(self, units: Tensor) -> Tensor:
+        """units [B, F] long -> audio latent mean [B, F * m, Ca]."""
+        x = self.embed(units).transpose(1, 2)  # [B, D, F]
+        for conv in self.convs:
+            x = x + F.gelu(conv(x))
+        y = self.out(x.transpose(1, 2))  # [B, F, m * Ca]
+        return y.reshape(units.shape[0], units.shape[1] * self.mel_per_frame, self.audio_channels)
+
+
 class JointAudioVideoDiT(nn.Module):
     """Single-stream DiT: both modalities share every block; embeddings tell them apart."""
 
@@ -189,6 +229,10 @@ class JointAudioVideoDiT(nn.Module):
         self.blocks = nn.ModuleList([DiTBlock(D, c.num_heads, c.mlp_ratio) for _ in range(c.depth)])
         self.video_final = FinalLayer(D, c.video_channels * c.patch_size**2)
         self.audio_final = FinalLayer(D, c.audio_channels)
+        # With a prior, the noisy audio is a residual over the prior mean, which the noisy audio tokens
+        # also see (zero-initialised projection: a warm start from a DiT without a prior starts as it).
+        self.prior = AudioPrior(c) if c.prior_layers else None
+        self.prior_embed = nn.Linear(c.audio_channels, D) if c.prior_layers else None
 
         # Token layout: video [noisy F | motion Fm | sink F | ref 1] frames of T patches each,
         # then audio [noisy M | motion Mm | sink M] mel frames. Derived from the config, so the
@@ -251,6 +295,16 @@ class JointAudioVideoDiT(nn.Module):
             nn.init.zeros_(final.adaLN_modulation[-1].bias)
             nn.init.zeros_(final.linear.weight)
             nn.init.zeros_(final.linear.bias)
+        if self.prior is not None:
+            nn.init.normal_(self.prior.embed.weight, std=0.02)
+            nn.init.zeros_(self.prior_embed.weight)
+            nn.init.zeros_(self.prior_embed.bias)
+
+    def prior_mean(self, units: Tensor) -> Tensor | None:
+        """[B, F] units -> [B, M, Ca] audio prior mean, or None for a DiT without a prior. The caller
+        passes it back to :meth:`forward` as ``audio_prior``, with the noisy audio as a residual over
+        it; computed from the real units, never the CFG-dropped ones."""
+        return None if self.prior is None else self.prior(units)
 
     def drop_units_for_cfg(self, units: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
         """[B, F] -> [B, F]: each sample's units become all-null with probability p (CFG dropout).
@@ -302,6 +356,7 @@ class JointAudioVideoDiT(nn.Module):
         motion_audio: Tensor,
         has_sink: Tensor,
         has_motion: Tensor,
+        audio_prior: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Predict the flow-matching velocity (noise - x0) of the chunk's video and audio latents.
 
@@ -310,6 +365,8 @@ class JointAudioVideoDiT(nn.Module):
         sink_audio [B, M, Ca], motion_video [B, Fm, C, h, w], motion_audio [B, Mm, Ca],
         has_sink [B] bool, has_motion [B] bool (False: those tokens are hidden from attention and
         their values are ignored).
+        audio_prior [B, M, Ca]: with a prior (``prior_layers`` > 0, required then), :meth:`prior_mean` of
+        the real units; audio_noisy and the audio x0 are then residuals over it (context audio is not).
         Returns (video_velocity [B, F, C, h, w], audio_velocity [B, M, Ca]).
         """
         c = self.config
@@ -321,6 +378,9 @@ class JointAudioVideoDiT(nn.Module):
             raise ValueError(
                 f"audio_noisy has shape {tuple(audio_noisy.shape)}; expected [B, {Fc * m}, {c.audio_channels}]"
             )
+        if (audio_prior is None) != (self.prior is None):
+            raise ValueError("audio_prior is required by a DiT with a prior and refused by one without"
+                             if self.prior is not None else "this DiT has no prior: pass no audio_prior")
         if self.training and c.cond_dropout > 0:
             units = self.drop_units_for_cfg(units, c.cond_dropout)
 
@@ -336,7 +396,8 @@ class JointAudioVideoDiT(nn.Module):
             [
                 video_tokens[:, : Fc * T] + unit.repeat_interleave(T, dim=1),
                 video_tokens[:, Fc * T :],
-                audio_tokens[:, : Fc * m] + unit.repeat_interleave(m, dim=1),
+                audio_tokens[:, : Fc * m] + unit.repeat_interleave(m, dim=1)
+                + (0 if audio_prior is None else self.prior_embed(audio_prior)),
                 audio_tokens[:, Fc * m :],
             ],
             dim=1,

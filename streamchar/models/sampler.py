@@ -26,22 +26,30 @@ class ChunkVelocityModel(Protocol):
     @property
     def null_unit(self) -> int: ...
 
+    # Optional: ``prior_mean(units) -> Tensor | None``, a model's audio prior (see ``sample``).
+
     def __call__(
         self, *, video_noisy: Tensor, audio_noisy: Tensor, t: Tensor, **cond: Tensor
     ) -> tuple[Tensor, Tensor]: ...
 
 
 class FlowMatchingSampler:
-    def __init__(self, steps: int, guidance: float = 1.0, shift: float = 1.0) -> None:
+    def __init__(self, steps: int, guidance: float = 1.0, shift: float = 1.0, audio_temperature: float = 1.0) -> None:
         """steps: model evaluations (x2 batch when guided); guidance: CFG scale on the speech
-        units (1 = off); shift > 1 spends more steps at high noise (SD3-style time shift)."""
+        units (1 = off); shift > 1 spends more steps at high noise (SD3-style time shift);
+        audio_temperature scales the audio's starting noise (1: a sample of the learned distribution;
+        < 1 moves it towards the distribution's centre, as the noise scale of Glow-TTS / VITS or the
+        temperature of Grad-TTS do; 0: the flow from the noise's mode, deterministic)."""
         if steps < 1:
             raise ValueError("steps must be >= 1")
         if shift <= 0:
             raise ValueError("shift must be > 0")
+        if not 0.0 <= audio_temperature <= 2.0:
+            raise ValueError(f"audio_temperature must be in [0, 2], got {audio_temperature}")
         self.steps = steps
         self.guidance = guidance
         self.shift = shift
+        self.audio_temperature = audio_temperature
 
     def timesteps(self) -> Tensor:
         """[steps + 1] noise levels from 1 down to 0."""
@@ -63,8 +71,15 @@ class FlowMatchingSampler:
         video_noise [B, F, C, h, w], audio_noise [B, M, Ca]: the t = 1 starting point, passed
         in so the caller's seeded generator makes a chunk reproducible.
         Returns (video_latents, audio_latents) with the noise shapes.
+
+        A model with an audio prior (``prior_mean`` not None) denoises the audio as a residual over
+        the prior mean of the real units (both CFG branches see the same mean), added back at the end.
         """
         cond = _as_dict(cond)
+        prior_mean = getattr(model, "prior_mean", None)
+        prior = prior_mean(cond["units"]) if prior_mean is not None else None
+        if prior is not None:
+            cond["audio_prior"] = prior
         guided = self.guidance != 1.0
         if guided:
             # Cond and null-unit uncond share one batched forward: one pass over the weights
@@ -72,7 +87,7 @@ class FlowMatchingSampler:
             units = torch.cat([cond["units"], torch.full_like(cond["units"], model.null_unit)])
             cond = {name: torch.cat([value, value]) for name, value in cond.items()} | {"units": units}
 
-        video, audio = video_noise, audio_noise
+        video, audio = video_noise, audio_noise * self.audio_temperature
         rows = video.shape[0] * (2 if guided else 1)
         levels = self.timesteps().tolist()
         for t_now, t_next in itertools.pairwise(levels):
@@ -85,7 +100,7 @@ class FlowMatchingSampler:
                 audio_velocity = _guide(audio_velocity, self.guidance)
             video = video + (t_next - t_now) * video_velocity
             audio = audio + (t_next - t_now) * audio_velocity
-        return video, audio
+        return video, audio if prior is None else audio + prior
 
 
 def _guide(velocity: Tensor, guidance: float) -> Tensor:

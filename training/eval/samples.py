@@ -50,7 +50,8 @@ def held_out_prompts(count: int, config: CorpusConfig = CorpusConfig()) -> list[
 
 
 def render_samples(out_dir: str | Path, count: int = 3, checkpoint: str = "", steps: int = 4,
-                   guidance: float = 1.0, stride: int = 6, columns: int = 12, dit: str = "dit") -> list[SampleVideo]:
+                   guidance: float = 1.0, stride: int = 6, columns: int = 12, dit: str = "dit",
+                   audio_temperature: float = 1.0) -> list[SampleVideo]:
     from PIL import Image
 
     from streamchar.media.mux import FragmentedMP4Muxer
@@ -59,7 +60,8 @@ def render_samples(out_dir: str | Path, count: int = 3, checkpoint: str = "", st
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pipeline = Pipeline(PipelineConfig(checkpoint=checkpoint, dit=dit, steps=steps, guidance=guidance, seed=1))
+    pipeline = Pipeline(PipelineConfig(checkpoint=checkpoint, dit=dit, steps=steps, guidance=guidance,
+                                       audio_temperature=audio_temperature, seed=1))
     size = pipeline.renderer_models.image_size
     videos: list[SampleVideo] = []
 

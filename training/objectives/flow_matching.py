@@ -128,15 +128,22 @@ def _cond_dict(cond: Mapping[str, Tensor] | Any) -> dict[str, Tensor]:
 
 
 def flow_matching_loss(model: nn.Module, video: Tensor, audio: Tensor, cond: Mapping[str, Tensor] | Any,
-                       noise: NoiseDraw, config: FlowMatchingConfig) -> tuple[Tensor, dict[str, float]]:
+                       noise: NoiseDraw, config: FlowMatchingConfig,
+                       prior: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """The weighted velocity MSE of `model` on clean latents video [B, F, C, h, w] and audio [B, M, Ca].
 
     cond: the model's other keyword inputs (units, ref/sink/motion, has_*), a mapping or a dataclass.
+    prior [B, M, Ca]: a DiT's audio prior mean of the real units (``JointAudioVideoDiT.prior_mean``, no
+    grad): the audio flow then runs on the residual audio - prior, as the sampler's does.
     Returns (loss, {"loss_video", "loss_audio", "loss_mouth"}).
     """
+    extra = {}
+    if prior is not None:
+        audio = audio - prior
+        extra["audio_prior"] = prior
     video_velocity, audio_velocity = model(video_noisy=interpolate(video, noise.video, noise.t),
                                            audio_noisy=interpolate(audio, noise.audio, noise.t),
-                                           t=noise.t, **_cond_dict(cond))
+                                           t=noise.t, **_cond_dict(cond), **extra)
     video_error = (video_velocity.float() - velocity_target(video, noise.video).float()) ** 2  # [B, F, C, h, w]
     mask = mouth_mask(config.mouth_box, video.shape[-2], video.shape[-1]).to(video_error.device)
     weight = 1.0 + (config.mouth_weight - 1.0) * mask.float()  # [h, w]

@@ -140,7 +140,12 @@ def teacher_dir(teacher: str) -> Path:
 
 
 def load_teacher(teacher: str) -> JointAudioVideoDiT:
-    return load_module(JointAudioVideoDiT, teacher_dir(teacher), config_cls=JointDiTConfig).requires_grad_(False)
+    directory = teacher_dir(teacher)
+    model = load_module(JointAudioVideoDiT, directory, config_cls=JointDiTConfig).requires_grad_(False)
+    if model.prior is not None:
+        raise ValueError(f"the teacher in {directory} has an audio prior: distilling one is not supported yet "
+                         "(the DMD scores would need the student's audio as a residual over the prior)")
+    return model
 
 
 class DistillModules(nn.Module):

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from streamchar.config import load_config
@@ -97,6 +98,8 @@ class DiTModelConfig:
     num_heads: int | None = None
     mlp_ratio: float | None = None
     cond_dropout: float | None = None
+    prior_layers: int | None = None  # > 0: an audio prior (joint_dit.AudioPrior), fitted first, then frozen
+    prior_kernel: int | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -134,12 +137,28 @@ class EMAConfig:
 
 
 @dataclass(frozen=True)
+class PriorFitConfig:
+    """Fitting a DiT's audio prior (MSE of its mean against the chunk's audio latents) before the DiT
+    trains, whenever the run starts with an unfitted one; the DiT's training then leaves it frozen."""
+
+    steps: int = 1500
+    batch_size: int = 64  # chunks
+    lr: float = 2e-3  # AdamW, constant
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("prior.steps and prior.batch_size must be >= 1 and prior.lr > 0")
+
+
+@dataclass(frozen=True)
 class DiTTrainConfig:
     run: RunConfig = RunConfig(out="runs/dit-tiny")
     model: DiTModelConfig = DiTModelConfig()
     data: DiTDataConfig = DiTDataConfig()
     objective: FlowMatchingConfig = FlowMatchingConfig()
     ema: EMAConfig = EMAConfig()
+    prior: PriorFitConfig = PriorFitConfig()
     precision: str = "fp32"  # "bf16": the forward under bfloat16 autocast (GPUs); weights and loss stay fp32
 
     def __post_init__(self) -> None:
@@ -213,12 +232,18 @@ def train(config: DiTTrainConfig) -> Path | None:
     sampler = ChunkSampler(cache, dit_config.silence_unit, config.data.sampling, TB)
     torch.manual_seed(r.seed)  # every rank builds the same initial weights
     model = EMADiT(JointAudioVideoDiT(dit_config), config.ema.decay)
+    prior = model.dit.prior
+    if prior is not None:
+        prior.requires_grad_(False)  # fitted on its own below; the optimiser and DDP leave it alone
     if info.is_main:
         log.info("dit: %s, %.2fM parameters, %d samples / %d chunks of %s", dit_config,
                  sum(p.numel() for p in model.dit.parameters()) / 1e6, len(cache), sampler.num_chunks,
                  config.data.split)
-    trainer = Trainer("dit", config, model, info)
+    trainer = Trainer("dit", config, model, info)  # warm start or resume happen here
     device = info.device
+    prior_record: dict[str, Any] = {}
+    if prior is not None and int(prior.fitted_steps) == 0:
+        prior_record = fit_prior(model, sampler, config.prior, info)
 
     def batch_fn(step: int, generator: torch.Generator) -> TrainBatch:
         chunks = sampler.draw(r.batch_size, generator)
@@ -226,26 +251,64 @@ def train(config: DiTTrainConfig) -> Path | None:
         return TrainBatch(chunks.to(device), noise.to(device))
 
     def loss_fn(module: nn.Module, batch: TrainBatch) -> tuple[Tensor, dict[str, float]]:
+        with torch.no_grad():
+            prior_mean = model.dit.prior_mean(batch.chunks.cond.units)  # the real units, not the dropped ones
         with torch.autocast(device.type, torch.bfloat16, enabled=config.precision == "bf16"):
             return flow_matching_loss(module, batch.chunks.video, batch.chunks.audio, batch.chunks.cond,
-                                      batch.noise, config.objective)
+                                      batch.noise, config.objective, prior_mean)
 
     started = time.perf_counter()
     trainer.fit(batch_fn, loss_fn, on_step=model.update_ema)
     export_dir = None
     if info.is_main:
-        export_dir = export(model, config, codecs, trainer, time.perf_counter() - started)
+        export_dir = export(model, config, codecs, trainer, time.perf_counter() - started, prior_record)
     trainer.close()
     return export_dir
 
 
-def export(model: EMADiT, config: DiTTrainConfig, codecs: Codecs, trainer: Trainer, seconds: float) -> Path:
+def fit_prior(model: EMADiT, sampler: ChunkSampler, config: PriorFitConfig, info: DistInfo) -> dict[str, Any]:
+    """Fit the DiT's audio prior (rank 0; the others receive its weights), copy it into the EMA and mark it
+    fitted. Chunks drawn like the DiT's (silence units included), MSE against their audio latents."""
+    prior = model.dit.prior
+    started = time.perf_counter()
+    record: dict[str, Any] = {"steps": config.steps, "batch_size": config.batch_size, "lr": config.lr}
+    if info.is_main:
+        generator = torch.Generator().manual_seed(config.seed)
+        fitting = copy.deepcopy(prior).requires_grad_(True).train()
+        optimizer = torch.optim.AdamW(fitting.parameters(), lr=config.lr, weight_decay=0.0)
+        running = None
+        for step in range(1, config.steps + 1):
+            batch = sampler.draw(config.batch_size, generator)
+            loss = F.mse_loss(fitting(batch.cond.units.to(info.device)), batch.audio.to(info.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running = float(loss) if running is None else 0.98 * running + 0.02 * float(loss)
+            if step % max(1, config.steps // 10) == 0 or step == config.steps:
+                log.info("dit prior: step %d/%d, audio MSE %.4f", step, config.steps, running)
+        with torch.no_grad():
+            for target, fitted in zip(prior.parameters(), fitting.parameters()):
+                target.copy_(fitted)
+        record["final_mse"] = running
+    if info.distributed:
+        for tensor in prior.parameters():
+            dist.broadcast(tensor.data, 0)
+    with torch.no_grad():
+        prior.fitted_steps.fill_(config.steps)
+        model.ema.prior.load_state_dict(prior.state_dict())
+    record["seconds"] = time.perf_counter() - started
+    return record
+
+
+def export(model: EMADiT, config: DiTTrainConfig, codecs: Codecs, trainer: Trainer, seconds: float,
+           prior: dict[str, Any] | None = None) -> Path:
     """Write ``<out>/export``: a renderer bundle holding the EMA DiT and the codecs it was trained against."""
     last = trainer.history[-1] if trainer.history else {}
     final = write_dit_bundle(model.ema, Path(config.run.out) / "export", config.data.bundle, config.model.preset, {
         "dit": {"steps": trainer.step, "ranks": trainer.info.world_size, "last_launch_seconds": seconds,
                 "weights": "ema", "ema_decay": config.ema.decay, "codecs": codecs.digest(),
                 "final": {k: v for k, v in last.items() if k.startswith("loss")},
+                **({"prior_fit": prior} if prior else {}),
                 "config": dataclasses.asdict(config)}})
     log.info("dit: exported the EMA weights after %d steps to %s", trainer.step, final)
     return final
@@ -272,6 +335,30 @@ def write_dit_bundle(dit: JointAudioVideoDiT, final: Path, source_bundle: str, p
 # ---- evaluation -----------------------------------------------------------------------------------
 
 MOUTH_BOX = SyncNetConfig().crop_box  # (top, left, height, width): the lower-centre box where mouths move
+
+
+class PriorOnlyAudio(nn.Module):
+    """An ablation for :func:`evaluate`: the wrapped DiT's video, but audio velocities whose clean estimate
+    is a zero residual, so every chunk's audio is exactly the prior mean of its units (what the prior alone
+    says, decoded through the same sampler, engine and vocoder)."""
+
+    def __init__(self, dit: JointAudioVideoDiT) -> None:
+        super().__init__()
+        if dit.prior is None:
+            raise ValueError("--prior-only needs a DiT with an audio prior")
+        self.dit = dit
+        self.config = dit.config
+
+    @property
+    def null_unit(self) -> int:
+        return self.dit.null_unit
+
+    def prior_mean(self, units: Tensor) -> Tensor | None:
+        return self.dit.prior_mean(units)
+
+    def forward(self, *, video_noisy: Tensor, audio_noisy: Tensor, t: Tensor, **cond: Tensor) -> tuple[Tensor, Tensor]:
+        video, _ = self.dit(video_noisy=video_noisy, audio_noisy=audio_noisy, t=t, **cond)
+        return video, audio_noisy / t.view(-1, 1, 1).clamp(min=1e-6)  # x0 = x_t - t v = 0
 
 
 def load_eval_dit(checkpoint: Path, weights: str = "ema") -> tuple[JointAudioVideoDiT, Path | None]:
@@ -350,7 +437,8 @@ def _sample(sampler: FlowMatchingSampler, dit: JointAudioVideoDiT, batch: ChunkB
 
 
 def rollout(models: RendererModels, cache: LatentCache, samples: list[int], steps: int, guidance: float,
-            references: list[np.ndarray], seed: int) -> list[tuple[np.ndarray, np.ndarray, Tensor, Tensor]]:
+            references: list[np.ndarray], seed: int,
+            audio_temperature: float = 1.0) -> list[tuple[np.ndarray, np.ndarray, Tensor, Tensor]]:
     """Render whole clips chunk by chunk exactly as a live session does (``RenderEngine.render_batch``:
     chunk 0 from the reference alone, then the own previous chunk as motion and chunk 0 as sink), with the
     clips' ground-truth units. Returns per clip (frames uint8 [F, H, W, 3], pcm [S], video [F, C, h, w],
@@ -361,7 +449,8 @@ def rollout(models: RendererModels, cache: LatentCache, samples: list[int], step
                                                  for _ in samples]
     outputs: list[list] = [[] for _ in samples]
     with ThreadPoolExecutor(1) as executor:
-        engine = RenderEngine(models, steps, guidance, max_batch=len(samples), executor=executor)
+        engine = RenderEngine(models, steps, guidance, max_batch=len(samples), executor=executor,
+                              audio_temperature=audio_temperature)
         for k in range(max(chunks)):
             active = [i for i, n in enumerate(chunks) if k < n]
             jobs = []
@@ -396,13 +485,16 @@ def write_mp4(path: Path, frames: np.ndarray, pcm: np.ndarray) -> None:
 def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: str | Path = "data/cache",
              split: str = "test", bundle: str | None = None, chunks: int = 64, steps: tuple[int, ...] = (32, 4),
              guidance: tuple[float, ...] = (1.0, 2.0), rollouts: int = 2, out: str | Path | None = None,
-             weights: str = "ema", seed: int = 0, rows: int = 32) -> dict[str, Any]:
+             weights: str = "ema", seed: int = 0, rows: int = 32, audio_temperature: float = 1.0,
+             prior_only: bool = False) -> dict[str, Any]:
     """Score a checkpoint on held-out chunks and clips (see the module docstring); prints a table, writes
     ``report.json`` (and rollout MP4s) to `out` (default ``<checkpoint>/eval-<split>``), returns the report."""
     checkpoint = Path(checkpoint)
     out_dir = Path(out) if out else checkpoint / f"eval-{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     dit, dit_bundle = load_eval_dit(checkpoint, weights)
+    if prior_only:
+        dit = PriorOnlyAudio(dit)
     codecs = load_codecs(bundle or dit_bundle)
     models = RendererModels(dit=dit.eval(), video_codec=codecs.video, audio_codec=codecs.audio, time_base=TB,
                             trained=True)
@@ -428,7 +520,8 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
     for n in steps:
         for g in guidance:
             started = time.perf_counter()
-            video, audio = _sample(FlowMatchingSampler(n, g), dit, batch, video_noise, audio_noise, rows)
+            video, audio = _sample(FlowMatchingSampler(n, g, audio_temperature=audio_temperature), dit, batch,
+                                   video_noise, audio_noise, rows)
             seconds = (time.perf_counter() - started) / chunks
             metrics = chunk_metrics(video, audio, decode_frames(models, video), batch.video, batch.audio, gt_frames)
             settings.append({"steps": n, "guidance": g, **metrics, "seconds_per_chunk": seconds})
@@ -438,7 +531,7 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
     if rollouts:
         picks = [s for s in range(len(latents)) if int(latents.num_frames[s]) // Fc >= 4][:rollouts]
         refs = [reference_image(corpus_samples[s].character, codecs.video.image_size) for s in picks]
-        rolled = rollout(models, latents, picks, steps[0], guidance[0], refs, seed)
+        rolled = rollout(models, latents, picks, steps[0], guidance[0], refs, seed, audio_temperature)
         recognizer = load_recognizer(RECOGNIZER)
         for s, (frames, pcm, video, audio) in zip(picks, rolled):
             n_frames = len(frames)
@@ -457,6 +550,7 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
                               "reference": reference, "heard": recognizer.recognize(pcm), "mp4": str(path)})
 
     report = {"checkpoint": str(checkpoint), "weights": weights, "split": split, "chunks": chunks,
+              "audio_temperature": audio_temperature, "prior_only": prior_only,
               "first_chunk_share": float((batch.chunk_index == 0).float().mean()), "codec_psnr": codec_psnr,
               "settings": settings, "rollouts": clip_rows}
     if clip_rows:  # pooled over clips (jiwer over all phonemes), like the harness
@@ -471,7 +565,8 @@ def format_report(report: dict[str, Any]) -> str:
     cols = ("video_mse", "audio_mse", "psnr", "mouth_l1", "mouth_motion_corr", "energy_corr")
     lines = [f"{report['checkpoint']} ({report['weights']}) on {report['chunks']} {report['split']} chunks "
              f"({report['first_chunk_share']:.0%} chunk 0), ground-truth conditions; "
-             f"codec ceiling PSNR {report['codec_psnr']:.2f} dB",
+             f"codec ceiling PSNR {report['codec_psnr']:.2f} dB; audio temperature {report['audio_temperature']:g}"
+             + ("; audio = the prior mean alone" if report.get("prior_only") else ""),
              f"{'steps':>5} {'cfg':>4} " + " ".join(f"{c:>17}" for c in cols) + f" {'s/chunk':>8}"]
     for row in report["settings"]:
         lines.append(f"{row['steps']:>5} {row['guidance']:>4.1f} " + " ".join(f"{row[c]:>17.4f}" for c in cols)
@@ -513,6 +608,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--weights", choices=("ema", "raw"), default="ema", help="for step-N checkpoints")
         parser.add_argument("--out", default=None)
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--audio-temperature", type=float, default=1.0, help="scales the audio's starting noise")
+        parser.add_argument("--prior-only", action="store_true", help="ablation: the audio is the prior mean alone")
     else:
         parser.add_argument("--config", default=None, help="TOML over the defaults")
         parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -523,7 +620,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "eval":
         torch.set_num_threads(os.cpu_count() or 1)
         evaluate(args.checkpoint, args.corpus, args.cache, args.split, args.bundle, args.chunks, args.steps,
-                 args.guidance, args.rollouts, args.out, args.weights, args.seed)
+                 args.guidance, args.rollouts, args.out, args.weights, args.seed,
+                 audio_temperature=args.audio_temperature, prior_only=args.prior_only)
         return 0
     config = load_train_config(DiTTrainConfig, args.config, args.set)
     if command == "precompute":
