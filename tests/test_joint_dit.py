@@ -279,3 +279,29 @@ def test_prior_config_is_validated() -> None:
         JointDiTConfig(prior_layers=-1)
     with pytest.raises(ValueError, match="prior"):
         JointDiTConfig(prior_layers=2, prior_kernel=4)
+
+
+def test_a_context_prior_reads_the_previous_chunks_last_units_only_when_there_is_one() -> None:
+    config = dataclasses.replace(PRIOR_CONFIG, prior_context=3)
+    model = randomized_model(config)
+    inputs = make_inputs(config)
+    units = inputs["units"]
+    previous = torch.randint(0, config.num_units, units.shape, generator=torch.Generator().manual_seed(5))
+    yes, no = torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)
+    with torch.no_grad():
+        base = model.prior_mean(units, previous, yes)
+        changed_early = previous.clone()
+        changed_early[:, : config.frames_per_chunk - 3] += 1  # outside the 3 frames read
+        assert torch.equal(model.prior_mean(units, changed_early % config.num_units, yes), base)
+        changed_late = previous.clone()
+        changed_late[:, -1] = (changed_late[:, -1] + 1) % config.num_units
+        assert not torch.equal(model.prior_mean(units, changed_late, yes)[:, :4], base[:, :4])
+        # without a previous chunk the previous units are not read at all
+        assert torch.equal(model.prior_mean(units, previous, no), model.prior_mean(units, changed_late, no))
+        assert not torch.equal(model.prior_mean(units, previous, no), base)
+        with pytest.raises(ValueError, match="previous chunk"):
+            model.prior_mean(units)
+        # the forward takes the previous units with the other conditions (only the prior reads them)
+        run(model, dict(inputs, previous_units=previous, audio_prior=base))
+    with pytest.raises(ValueError, match="prior_context"):
+        JointDiTConfig(prior_context=2)

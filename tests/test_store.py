@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from streamchar.engine.rendering import F_CHUNK, F_MOTION_V, SessionRenderer
+from streamchar.engine.rendering import F_CHUNK, F_MOTION_V, F_PREVIOUS_UNITS, SessionRenderer
 from streamchar.errors import FailedPrecondition, InvalidInput, SessionNotFound, StaleWrite
 from streamchar.state import arrays
 from streamchar.state.store import MemorySessionStore, RedisSessionStore, session_key
@@ -115,6 +115,14 @@ async def test_two_renderer_replicas_render_the_same_chunk_only_one_commits(redi
     raw = redis_server.client().hget(session_key(meta.session_id), F_MOTION_V)
     np.testing.assert_array_equal(arrays.unpack(raw), a.output.video_latents[-2:])
     assert int(redis_server.client().hget(session_key(meta.session_id), F_CHUNK)) == 1
+    # the chunk's units are kept for the next one (an audio prior reads them), and handed back to it
+    raw = redis_server.client().hget(session_key(meta.session_id), F_PREVIOUS_UNITS)
+    assert arrays.unpack(raw).tolist() == units
+    seen = []
+    render_batch = engines[0].render_batch
+    engines[0].render_batch = lambda jobs: seen.extend(jobs) or render_batch(jobs)
+    await replicas[0].render(meta, 1, [3] * 8)
+    assert seen[0].previous_units == units and seen[0].motion_video is not None
     for e in engines:
         await e.close()
     await store.close()

@@ -148,7 +148,7 @@ def test_batches_carry_exactly_the_renderers_conditions(latents: LatentCache, co
         for k, batch in enumerate(truth):
             job = ChunkJob(units=batch.cond.units[0].tolist(), seed=k, ref_image=reference, ref_latent=state["ref"],
                            sink_video=state["sv"], sink_audio=state["sa"], motion_video=state["mv"],
-                           motion_audio=state["ma"])
+                           motion_audio=state["ma"], previous_units=truth[k - 1].cond.units[0].tolist() if k else None)
             out = engine.render_batch([job])[0]
             np.testing.assert_allclose(out.video_latents, batch.video[0].numpy(), atol=1e-5)
             if k == 0:
@@ -171,6 +171,7 @@ def test_batches_carry_exactly_the_renderers_conditions(latents: LatentCache, co
     assert torch.equal(truth[k].cond.sink_audio, truth[0].audio)
     assert torch.equal(truth[k].cond.motion_video, truth[k - 1].video[:, -Fm:])
     assert torch.equal(truth[k].cond.motion_audio, truth[k - 1].audio[:, -Fm * m:])
+    assert torch.equal(truth[k].cond.previous_units, truth[k - 1].cond.units) and truth[0].cond.previous_units.max() == 0
     first = int(latents.frame_offset[s]) + k * Fc
     assert torch.equal(truth[k].video[0], latents.video[first:first + Fc].float())
 

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 F_CHUNK = "render.chunk_index"
 F_REF, F_SINK_V, F_SINK_A = "render.ref_latent", "render.sink_video", "render.sink_audio"
 F_MOTION_V, F_MOTION_A = "render.motion_video", "render.motion_audio"
-_STATE_FIELDS = [F_CHUNK, F_REF, F_SINK_V, F_SINK_A, F_MOTION_V, F_MOTION_A]
+F_PREVIOUS_UNITS = "render.previous_units"
+_STATE_FIELDS = [F_CHUNK, F_REF, F_SINK_V, F_SINK_A, F_MOTION_V, F_MOTION_A, F_PREVIOUS_UNITS]
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class ChunkJob:
     sink_audio: np.ndarray | None  # [M,Ca]
     motion_video: np.ndarray | None  # [Fm,C,h,w]
     motion_audio: np.ndarray | None  # [Mm,Ca]
+    previous_units: list[int] | None = None  # [F] the previous chunk's units (an audio prior reads them)
 
 
 @dataclass
@@ -181,6 +183,10 @@ class RenderEngine:
             "motion_audio": stack([j.motion_audio for j in jobs], (Mm, cfg.audio_channels)),
             "has_sink": torch.tensor([j.sink_video is not None and self.sink for j in jobs]),
             "has_motion": torch.tensor([j.motion_video is not None for j in jobs]),
+            # A session stored before the field existed has motion but no previous units: silence then.
+            "previous_units": torch.tensor([j.previous_units if j.previous_units is not None
+                                            else [cfg.silence_unit if j.motion_video is not None else 0]
+                                            * tb.frames_per_chunk for j in jobs], dtype=torch.long),
         }
         if not self.sink:
             cond["sink_video"], cond["sink_audio"] = cond["sink_video"].zero_(), cond["sink_audio"].zero_()
@@ -244,10 +250,12 @@ class SessionRenderer:
 
         job = ChunkJob(units=list(units), seed=chunk_seed(meta.seed, chunk_index), ref_image=meta.reference,
                        ref_latent=get(F_REF), sink_video=get(F_SINK_V), sink_audio=get(F_SINK_A),
-                       motion_video=get(F_MOTION_V), motion_audio=get(F_MOTION_A))
+                       motion_video=get(F_MOTION_V), motion_audio=get(F_MOTION_A),
+                       previous_units=get(F_PREVIOUS_UNITS).tolist() if raw[F_PREVIOUS_UNITS] else None)
         out = await self.engine.render(job)
         Fm, Mm = tb.motion_frames, tb.motion_frames * tb.mel_per_frame
-        fields = {F_MOTION_V: arrays.pack(out.video_latents[-Fm:]), F_MOTION_A: arrays.pack(out.audio_latents[-Mm:])}
+        fields = {F_MOTION_V: arrays.pack(out.video_latents[-Fm:]), F_MOTION_A: arrays.pack(out.audio_latents[-Mm:]),
+                  F_PREVIOUS_UNITS: arrays.pack(np.asarray(units, dtype=np.int64))}
         if job.sink_video is None:
             # The session's first chunk becomes its sink: the persistent visual anchor.
             fields |= {F_REF: arrays.pack(out.ref_latent), F_SINK_V: arrays.pack(out.video_latents),

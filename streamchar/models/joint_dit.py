@@ -49,6 +49,9 @@ class JointDiTConfig:
     # (see AudioPrior).
     prior_layers: int = 0
     prior_kernel: int = 5
+    # Frames of the previous chunk's units the prior reads in front of the chunk's own (0: none). They
+    # are known when a chunk is rendered (the session keeps them), unlike the next chunk's.
+    prior_context: int = 0
 
     def __post_init__(self) -> None:
         if self.video_latent_size % self.patch_size:
@@ -61,6 +64,9 @@ class JointDiTConfig:
             raise ValueError("cond_dropout must be in [0, 1]")
         if self.prior_layers < 0 or self.prior_kernel < 1 or self.prior_kernel % 2 == 0:
             raise ValueError("need prior_layers >= 0 and an odd prior_kernel >= 1")
+        if not 0 <= self.prior_context <= self.frames_per_chunk or (self.prior_context and not self.prior_layers):
+            raise ValueError(f"prior_context must be in [0, frames_per_chunk = {self.frames_per_chunk}] "
+                             "and needs prior_layers > 0")
 
     @property
     def patches_per_frame(self) -> int:
@@ -184,15 +190,20 @@ class AudioPrior(nn.Module):
     generate what the units do not determine (voice, pitch, the fine structure) as a residual over it.
     On the tiny corpus such a prior alone, decoded, is more intelligible than the DiT trained without
     one (docs/eval/teacher/dit.md). Residual 1-D convolutions over the chunk's F frames (zero padding
-    at the chunk's edges: a chunk knows only its own units), then one linear map per frame to its m mel
-    frames. Fitted before the DiT trains and frozen while it does (training/trainers/dit.py).
+    at the edges), then one linear map per frame to its m mel frames. With ``prior_context`` P > 0 the
+    last P units of the previous chunk run in front of the chunk's own (a padding id where there is no
+    previous chunk), so the prior is not blind at the chunk's start; the next chunk's units are not
+    known when a chunk renders. Fitted before the DiT trains and frozen while it does
+    (training/trainers/dit.py).
     """
 
     def __init__(self, config: JointDiTConfig) -> None:
         super().__init__()
         c = config
         self.mel_per_frame, self.audio_channels = c.mel_per_frame, c.audio_channels
-        self.embed = nn.Embedding(c.num_units + 2, c.width)
+        self.context = c.prior_context
+        self.pad_unit = c.num_units + 2  # "no previous chunk", an extra row only when there is context
+        self.embed = nn.Embedding(c.num_units + 2 + (1 if c.prior_context else 0), c.width)
         self.convs = nn.ModuleList([nn.Conv1d(c.width, c.width, c.prior_kernel, padding=c.prior_kernel // 2)
                                     for _ in range(c.prior_layers)])
         self.out = nn.Linear(c.width, c.mel_per_frame * c.audio_channels)
@@ -200,13 +211,22 @@ class AudioPrior(nn.Module):
         # fits it first; saved with the weights.
         self.register_buffer("fitted_steps", torch.zeros((), dtype=torch.long))
 
-    def forward(self, units: Tensor) -> Tensor:
-        """units [B, F] long -> audio latent mean [B, F * m, Ca]."""
-        x = self.embed(units).transpose(1, 2)  # [B, D, F]
+    def forward(self, units: Tensor, previous_units: Tensor | None = None,
+                has_previous: Tensor | None = None) -> Tensor:
+        """units [B, F] long, previous_units [B, F] (the previous chunk's), has_previous [B] bool -> audio
+        latent mean [B, F * m, Ca]. The previous units are read only with ``prior_context`` > 0."""
+        Fc = units.shape[1]
+        if self.context:
+            if previous_units is None or has_previous is None:
+                raise ValueError("this prior reads the previous chunk's units: pass previous_units and has_previous")
+            previous = previous_units[:, -self.context:]
+            previous = torch.where(has_previous.bool()[:, None], previous, torch.full_like(previous, self.pad_unit))
+            units = torch.cat([previous, units], dim=1)  # [B, P + F]
+        x = self.embed(units).transpose(1, 2)  # [B, D, P + F]
         for conv in self.convs:
             x = x + F.gelu(conv(x))
-        y = self.out(x.transpose(1, 2))  # [B, F, m * Ca]
-        return y.reshape(units.shape[0], units.shape[1] * self.mel_per_frame, self.audio_channels)
+        y = self.out(x[:, :, -Fc:].transpose(1, 2))  # [B, F, m * Ca]
+        return y.reshape(units.shape[0], Fc * self.mel_per_frame, self.audio_channels)
 
 
 class JointAudioVideoDiT(nn.Module):
@@ -300,11 +320,13 @@ class JointAudioVideoDiT(nn.Module):
             nn.init.zeros_(self.prior_embed.weight)
             nn.init.zeros_(self.prior_embed.bias)
 
-    def prior_mean(self, units: Tensor) -> Tensor | None:
-        """[B, F] units -> [B, M, Ca] audio prior mean, or None for a DiT without a prior. The caller
-        passes it back to :meth:`forward` as ``audio_prior``, with the noisy audio as a residual over
-        it; computed from the real units, never the CFG-dropped ones."""
-        return None if self.prior is None else self.prior(units)
+    def prior_mean(self, units: Tensor, previous_units: Tensor | None = None,
+                   has_previous: Tensor | None = None) -> Tensor | None:
+        """[B, F] units (and the previous chunk's [B, F], flagged by has_previous [B], the same as
+        has_motion) -> [B, M, Ca] audio prior mean, or None for a DiT without a prior. The caller passes
+        it back to :meth:`forward` as ``audio_prior``, with the noisy audio as a residual over it;
+        computed from the real units, never the CFG-dropped ones."""
+        return None if self.prior is None else self.prior(units, previous_units, has_previous)
 
     def drop_units_for_cfg(self, units: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
         """[B, F] -> [B, F]: each sample's units become all-null with probability p (CFG dropout).
@@ -356,6 +378,7 @@ class JointAudioVideoDiT(nn.Module):
         motion_audio: Tensor,
         has_sink: Tensor,
         has_motion: Tensor,
+        previous_units: Tensor | None = None,
         audio_prior: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Predict the flow-matching velocity (noise - x0) of the chunk's video and audio latents.
@@ -365,6 +388,8 @@ class JointAudioVideoDiT(nn.Module):
         sink_audio [B, M, Ca], motion_video [B, Fm, C, h, w], motion_audio [B, Mm, Ca],
         has_sink [B] bool, has_motion [B] bool (False: those tokens are hidden from attention and
         their values are ignored).
+        previous_units [B, F]: the previous chunk's units, read only by :meth:`prior_mean` (accepted here
+        so a chunk's conditions pass as one mapping).
         audio_prior [B, M, Ca]: with a prior (``prior_layers`` > 0, required then), :meth:`prior_mean` of
         the real units; audio_noisy and the audio x0 are then residuals over it (context audio is not).
         Returns (video_velocity [B, F, C, h, w], audio_velocity [B, M, Ca]).

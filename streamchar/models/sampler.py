@@ -26,7 +26,8 @@ class ChunkVelocityModel(Protocol):
     @property
     def null_unit(self) -> int: ...
 
-    # Optional: ``prior_mean(units) -> Tensor | None``, a model's audio prior (see ``sample``).
+    # Optional: ``prior_mean(units, previous_units, has_previous) -> Tensor | None``, a model's audio
+    # prior (see ``sample``).
 
     def __call__(
         self, *, video_noisy: Tensor, audio_noisy: Tensor, t: Tensor, **cond: Tensor
@@ -77,7 +78,8 @@ class FlowMatchingSampler:
         """
         cond = _as_dict(cond)
         prior_mean = getattr(model, "prior_mean", None)
-        prior = prior_mean(cond["units"]) if prior_mean is not None else None
+        prior = (prior_mean(cond["units"], cond.get("previous_units"), cond.get("has_motion"))
+                 if prior_mean is not None else None)
         if prior is not None:
             cond["audio_prior"] = prior
         guided = self.guidance != 1.0

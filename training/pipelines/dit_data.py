@@ -274,6 +274,7 @@ class ChunkConditions:
     motion_audio: Tensor  # [B, Mm, Ca]
     has_sink: Tensor  # bool [B]
     has_motion: Tensor  # bool [B]
+    previous_units: Tensor  # long [B, F] the previous chunk's units; zeros where has_motion is False
 
     def to(self, device: torch.device | str) -> ChunkConditions:
         return ChunkConditions(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
@@ -360,12 +361,17 @@ class ChunkSampler:
         video, audio = latents(frames)
         sink_video, sink_audio = latents(sink)
         motion_video, motion_audio = latents(motion)
-        units = c.units[frames]  # [B, F]
+        previous = (start[:, None] - Fc + torch.arange(Fc)).clamp(min=0)  # [B, F], hidden at chunk 0
+        units, previous_units = c.units[frames], c.units[previous]  # [B, F]
         if generator is not None and self.config.silence_unit_prob > 0:
             coin = torch.rand(units.shape, generator=generator) < self.config.silence_unit_prob
             units = torch.where(coin & (c.rms[frames] < self.config.silence_rms), self.silence_unit, units)
+            coin = torch.rand(units.shape, generator=generator) < self.config.silence_unit_prob
+            previous_units = torch.where(coin & (c.rms[previous] < self.config.silence_rms), self.silence_unit,
+                                         previous_units)
         cond = ChunkConditions(units=units, ref_video=c.ref[sample].float(),
                                sink_video=hide(sink_video), sink_audio=hide(sink_audio),
                                motion_video=hide(motion_video), motion_audio=hide(motion_audio),
-                               has_sink=has_context.clone(), has_motion=has_context.clone())
+                               has_sink=has_context.clone(), has_motion=has_context.clone(),
+                               previous_units=hide(previous_units))
         return ChunkBatch(video, audio, cond, sample.clone(), chunk.clone())

@@ -219,7 +219,8 @@ class DistillModules(nn.Module):
                 units=b.units[:, k], ref_video=b.ref_video,
                 sink_video=sink[0] if sink else zeros_v, sink_audio=sink[1] if sink else zeros_a,
                 motion_video=motion[0] if motion else zeros_v[:, :Fm], motion_audio=motion[1] if motion else zeros_a[:, :Mm],
-                has_sink=context, has_motion=context.clone())
+                has_sink=context, has_motion=context.clone(),
+                previous_units=b.units[:, k - 1] if k else torch.zeros_like(b.units[:, 0]))
             kwargs = cond_dict(cond)
             for i, (t_now, t_next) in enumerate(itertools.pairwise(levels)):
                 here = draw.index[:, k] == i

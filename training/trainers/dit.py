@@ -100,6 +100,7 @@ class DiTModelConfig:
     cond_dropout: float | None = None
     prior_layers: int | None = None  # > 0: an audio prior (joint_dit.AudioPrior), fitted first, then frozen
     prior_kernel: int | None = None
+    prior_context: int | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -145,6 +146,7 @@ class PriorFitConfig:
     batch_size: int = 64  # chunks
     lr: float = 2e-3  # AdamW, constant
     seed: int = 0
+    refit: bool = False  # fit again at a run's start even if the initial weights hold a fitted prior
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -242,8 +244,8 @@ def train(config: DiTTrainConfig) -> Path | None:
     trainer = Trainer("dit", config, model, info)  # warm start or resume happen here
     device = info.device
     prior_record: dict[str, Any] = {}
-    if prior is not None and int(prior.fitted_steps) == 0:
-        prior_record = fit_prior(model, sampler, config.prior, info)
+    if prior is not None and trainer.step == 0 and (config.prior.refit or int(prior.fitted_steps) == 0):
+        prior_record = fit_prior(model, sampler, config.prior, info)  # never on a resume
 
     def batch_fn(step: int, generator: torch.Generator) -> TrainBatch:
         chunks = sampler.draw(r.batch_size, generator)
@@ -252,7 +254,8 @@ def train(config: DiTTrainConfig) -> Path | None:
 
     def loss_fn(module: nn.Module, batch: TrainBatch) -> tuple[Tensor, dict[str, float]]:
         with torch.no_grad():
-            prior_mean = model.dit.prior_mean(batch.chunks.cond.units)  # the real units, not the dropped ones
+            cond = batch.chunks.cond  # the real units, not the CFG-dropped ones
+            prior_mean = model.dit.prior_mean(cond.units, cond.previous_units, cond.has_motion)
         with torch.autocast(device.type, torch.bfloat16, enabled=config.precision == "bf16"):
             return flow_matching_loss(module, batch.chunks.video, batch.chunks.audio, batch.chunks.cond,
                                       batch.noise, config.objective, prior_mean)
@@ -279,7 +282,8 @@ def fit_prior(model: EMADiT, sampler: ChunkSampler, config: PriorFitConfig, info
         running = None
         for step in range(1, config.steps + 1):
             batch = sampler.draw(config.batch_size, generator)
-            loss = F.mse_loss(fitting(batch.cond.units.to(info.device)), batch.audio.to(info.device))
+            cond = batch.cond.to(info.device)
+            loss = F.mse_loss(fitting(cond.units, cond.previous_units, cond.has_motion), batch.audio.to(info.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -353,8 +357,9 @@ class PriorOnlyAudio(nn.Module):
     def null_unit(self) -> int:
         return self.dit.null_unit
 
-    def prior_mean(self, units: Tensor) -> Tensor | None:
-        return self.dit.prior_mean(units)
+    def prior_mean(self, units: Tensor, previous_units: Tensor | None = None,
+                   has_previous: Tensor | None = None) -> Tensor | None:
+        return self.dit.prior_mean(units, previous_units, has_previous)
 
     def forward(self, *, video_noisy: Tensor, audio_noisy: Tensor, t: Tensor, **cond: Tensor) -> tuple[Tensor, Tensor]:
         video, _ = self.dit(video_noisy=video_noisy, audio_noisy=audio_noisy, t=t, **cond)
@@ -459,7 +464,8 @@ def rollout(models: RendererModels, cache: LatentCache, samples: list[int], step
                 first = int(cache.frame_offset[samples[i]]) + k * Fc
                 jobs.append(ChunkJob(units=cache.units[first:first + Fc].tolist(), seed=chunk_seed(seed + s, k),
                                      ref_image=references[i], ref_latent=st["ref"], sink_video=st["sink_v"],
-                                     sink_audio=st["sink_a"], motion_video=st["motion_v"], motion_audio=st["motion_a"]))
+                                     sink_audio=st["sink_a"], motion_video=st["motion_v"], motion_audio=st["motion_a"],
+                                     previous_units=cache.units[first - Fc:first].tolist() if k else None))
             for i, out in zip(active, engine.render_batch(jobs)):
                 st = state[i]
                 st["motion_v"], st["motion_a"] = out.video_latents[-Fm:], out.audio_latents[-Fm * m:]
