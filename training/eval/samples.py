@@ -99,7 +99,9 @@ def render_samples(out_dir: str | Path, count: int = 3, checkpoint: str = "", st
         out_dir / "contact_sheet.png")
     lines = ["# Sample videos: held-out characters", "",
              f"Reference image (left) then every {stride}th frame ({stride / TB.fps:.2f} s apart), one row per sample.",
-             "Trained: " + ("yes" if pipeline.trained else "NO (untrained parts; see the bundle)"), "",
+             "Trained: " + ("yes" if pipeline.trained else "NO (untrained parts; see the bundle)"),
+             f"Rendered with the bundle's `{dit}/`, {steps} steps, guidance {guidance:g}, audio temperature "
+             f"{audio_temperature:g}.", "",
              "![contact sheet](contact_sheet.png)", ""]
     for v in videos:
         lines.append(f"- [{v.path.name}]({v.path.name}) (test identity {v.identity_id}, {len(v.frames) / TB.fps:.1f} s): "
