@@ -20,7 +20,8 @@ an interruption (shards are written atomically) and never serves latents of an o
 **Batches** (:class:`ChunkSampler`). Chunk k of a sample covers frames [kF, kF + F) from the sample's
 start, as chunk k of a session does. Its conditions are what :mod:`streamchar.engine.rendering` passes to
 the DiT for chunk k: the chunk's units, the reference latent, and for k > 0 the motion context (chunk
-k-1's last Fm frames, video and audio) and the sink (chunk 0's latents), flagged by has_motion/has_sink;
+k-1's last Fm frames, video and audio, and its units, which a DiT's audio prior reads) and the sink (chunk 0's
+latents), flagged by has_motion/has_sink;
 for k = 0 those tensors are zeros and the flags False. The context is ground truth here; exposing the
 model to its own outputs is the distillation stage's job. Chunk 0 is drawn with probability
 ``first_chunk_prob`` (every session starts there, but a clip has ~19 chunks, so uniform draws would see

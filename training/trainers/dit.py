@@ -10,7 +10,10 @@ Training: chunks of the cached corpus latents with the conditions the renderer b
 (:mod:`training.objectives.flow_matching`), and the shared loop of :mod:`training.trainers.runtime`
 (DDP over gloo or nccl, checkpoints, resume, rank digests, loss curves). The model is the preset's
 :class:`JointAudioVideoDiT` with ``num_units`` taken from the unit tokenizer the cache was made with;
-its speech units are dropped to the CFG null unit inside ``forward`` with ``cond_dropout``.
+its speech units are dropped to the CFG null unit inside ``forward`` with ``cond_dropout``. A DiT with an
+audio prior (``model.prior_layers``) has the prior fitted first (:func:`fit_prior`, at a run's start when the
+weights hold none or ``prior.refit`` asks; never on resume), then frozen; the audio loss is then on the residual
+over its mean.
 
 EMA: the trained module is :class:`EMADiT`, the DiT plus an exponential moving average of its weights,
 so checkpoints, resume and the ranks' weight digests cover both. After every optimiser step the new
