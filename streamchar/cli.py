@@ -281,6 +281,20 @@ def cmd_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampler_steps(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"sampler steps must be >= 1, got {value}")
+    return value
+
+
+def _audio_temperature(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 2.0:
+        raise argparse.ArgumentTypeError(f"the audio temperature must be in [0, 2], got {value:g}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamchar", description="Real-time streaming talking characters.")
     parser.add_argument("--log-level", default="WARNING")
@@ -294,9 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--checkpoint", default="", help="bundle directory (default: the shipped tiny bundle)")
     say.add_argument("--dit", default="dit", help="the bundle's DiT: dit (the distilled student, 4 steps), "
                      "dit-stage1, or teacher (with --steps 32 --guidance 3 --audio-temperature 0)")
-    say.add_argument("--steps", type=int, default=4)
+    say.add_argument("--steps", type=_sampler_steps, default=4)
     say.add_argument("--guidance", type=float, default=1.0)
-    say.add_argument("--audio-temperature", type=float, default=1.0, help="scales the audio's starting noise")
+    say.add_argument("--audio-temperature", type=_audio_temperature, default=1.0, help="scales the audio's starting noise")
     say.add_argument("--seed", type=int, default=1)
     say.add_argument("--threads", type=int, default=2)
     say.add_argument("-q", "--quiet", action="store_true")
@@ -327,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="per-chunk latency and real-time factor, in-process and through the services")
     bench.add_argument("--text", default=BENCH_TEXT)
     bench.add_argument("--dit", default="dit", help="the bundle's DiT (dit, dit-stage1, teacher)")
-    bench.add_argument("--steps", type=int, default=4)
+    bench.add_argument("--steps", type=_sampler_steps, default=4)
     bench.add_argument("--guidance", type=float, default=1.0)
     bench.add_argument("--versus", default="teacher:32:3", help="compare mode: the other DiT, DIT:STEPS:GUIDANCE")
     bench.add_argument("--repeats", type=int, default=3, help="sessions per mode; medians over all chunks")
@@ -411,9 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("--count", type=int, default=3)
     samples.add_argument("--checkpoint", default="")
     samples.add_argument("--dit", default="dit", help="the bundle's DiT (dit, dit-stage1, teacher)")
-    samples.add_argument("--steps", type=int, default=4)
+    samples.add_argument("--steps", type=_sampler_steps, default=4)
     samples.add_argument("--guidance", type=float, default=1.0)
-    samples.add_argument("--audio-temperature", type=float, default=1.0, help="scales the audio's starting noise")
+    samples.add_argument("--audio-temperature", type=_audio_temperature, default=1.0, help="scales the audio's starting noise")
     samples.add_argument("--threads", type=int, default=2)
     samples.set_defaults(func=cmd_samples)
 

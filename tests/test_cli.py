@@ -42,6 +42,14 @@ def test_say_rejects_a_missing_character_image(tmp_path):
     assert proc.returncode != 0 and "cannot read character image" in proc.stderr
 
 
+
+@pytest.mark.parametrize("flag, value, message", [("--audio-temperature", "5", "audio temperature must be in [0, 2]"),
+                                                  ("--steps", "0", "sampler steps must be >= 1")])
+def test_say_refuses_bad_sampler_settings_before_loading_anything(tmp_path, flag, value, message):
+    proc = subprocess.run([sys.executable, "-m", "streamchar", "say", "Hi.", flag, value, "-o", str(tmp_path / "x.mp4")],
+                          cwd=ROOT, env=service_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
 @pytest.mark.asyncio
 async def test_cli_client_streams_through_a_running_gateway(stack, tmp_path):
     out = tmp_path / "client.mp4"
