@@ -335,7 +335,8 @@ def test_torchrun_two_ranks_train_export_and_resume(corpus: Path, cache: Path, t
             "--set", "model.width=64", "--set", "model.depth=1", "--set", "model.num_heads=2",
             "--set", "run.batch_size=2", "--set", "run.log_every=1", "--set", "run.checkpoint_every=100",
             "--set", "run.warmup_steps=2", "--set", "run.progress=false", "--set", "run.backend=gloo",
-            "--set", "prior.steps=3", "--set", "prior.batch_size=4"]  # the config's audio prior, fitted first
+            "--set", "prior.steps=3", "--set", "prior.batch_size=4",  # the config's audio prior, fitted first,
+            "--set", f"prior.extra_corpora={corpus}"]  # its speech from a corpus's audio alone (here the same clips)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def run(steps: int) -> str:
@@ -345,7 +346,7 @@ def test_torchrun_two_ranks_train_export_and_resume(corpus: Path, cache: Path, t
         return done.stdout + done.stderr
 
     log = run(3)
-    assert "dit prior: step 3/3" in log
+    assert "dit prior: step 3/3" in log and "prior cache" in log
     ranks = json.loads((out / "ranks.json").read_text())
     assert ranks["step"] == 3 and len(ranks["digests"]) == 2 and len(set(ranks["digests"])) == 1
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-0000003"
@@ -427,3 +428,25 @@ def test_the_prior_only_ablation_speaks_exactly_the_prior_mean() -> None:
     assert video.shape == full_video.shape
     with pytest.raises(ValueError, match="prior"):
         PriorOnlyAudio(JointAudioVideoDiT(dataclasses.replace(config, prior_layers=0)))
+
+
+
+def test_speech_latents_are_the_dit_caches_audio_and_units_and_draw_like_chunks(corpus: Path, latents: LatentCache,
+                                                                                codecs: Codecs, tmp_path: Path) -> None:
+    """The prior's speech-only data, encoded from the clips' audio alone, matches the DiT cache of the same clips."""
+    from training.pipelines.dit_data import speech_latents
+
+    speech = speech_latents(corpus, tmp_path, codecs)
+    assert torch.equal(speech.num_frames, latents.num_frames) and torch.equal(speech.units, latents.units)
+    torch.testing.assert_close(speech.audio.float(), latents.audio.float(), atol=2e-3, rtol=0)
+    again = speech_latents(corpus, tmp_path, codecs)  # from the file now
+    assert torch.equal(again.units, speech.units) and len(list((tmp_path / "prior").glob("*.pt"))) == 1
+    units, previous, has_previous, audio = speech.draw(32, torch.Generator().manual_seed(0), codecs.units.config.num_units,
+                                                       ChunkSamplingConfig(silence_unit_prob=0.0))
+    assert units.shape == previous.shape == (32, Fc) and audio.shape == (32, Fc * m, codecs.audio.latent_channels)
+    assert has_previous.any() and (~has_previous).any() and previous[~has_previous].abs().max() == 0
+    for row in range(32):  # every drawn chunk is a whole chunk of some clip, its previous one before it
+        hits = [(s, k) for s in range(len(latents)) for k in range(int(latents.num_frames[s]) // Fc)
+                if torch.equal(latents.units[int(latents.frame_offset[s]) + k * Fc:][:Fc], units[row])
+                and torch.equal(latents.audio[int(latents.frame_offset[s]) + k * Fc:][:Fc].flatten(0, 1).float(), audio[row])]
+        assert hits and any((k > 0) == bool(has_previous[row]) for _, k in hits)

@@ -376,3 +376,89 @@ class ChunkSampler:
                                has_sink=has_context.clone(), has_motion=has_context.clone(),
                                previous_units=hide(previous_units))
         return ChunkBatch(video, audio, cond, sample.clone(), chunk.clone())
+
+
+# ---- speech-only corpora, for the audio prior ---------------------------------------------------
+
+@dataclass
+class SpeechLatents:
+    """The audio latents and units of speech-only corpora (no frames), all samples concatenated: what a
+    DiT's audio prior, which maps units to audio only, can learn from beside the rendered corpus."""
+
+    audio: Tensor  # float16 [Nf, m, Ca]
+    units: Tensor  # long [Nf]
+    rms: Tensor  # float32 [Nf]
+    num_frames: Tensor  # long [Ns]
+
+    @property
+    def frame_offset(self) -> Tensor:
+        return torch.cumsum(self.num_frames, 0) - self.num_frames
+
+    @classmethod
+    def concat(cls, parts: list[SpeechLatents]) -> SpeechLatents:
+        return cls(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(cls)))
+
+    def draw(self, batch_size: int, generator: torch.Generator, silence_unit: int, config: ChunkSamplingConfig,
+             tb: TimeBase = TimeBase()) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Random whole chunks, as :class:`ChunkSampler` cuts them (chunk k covers frames [kF, kF + F), the
+        previous chunk's units hidden at k = 0, silent frames' units to the silence unit at random):
+        (units [B, F], previous_units [B, F], has_previous [B], audio [B, M, Ca] float32)."""
+        Fc = tb.frames_per_chunk
+        chunks = self.num_frames // Fc  # [Ns]
+        if not int(chunks.sum()):
+            raise ValueError(f"no speech sample has a full chunk of {Fc} frames")
+        pick = torch.multinomial(chunks.float(), batch_size, replacement=True, generator=generator)  # [B]
+        k = (torch.rand(batch_size, generator=generator) * chunks[pick]).long()  # [B] in [0, chunks)
+        start = self.frame_offset[pick] + k * Fc
+        frames = start[:, None] + torch.arange(Fc)
+        previous = (start[:, None] - Fc + torch.arange(Fc)).clamp(min=0)
+        has_previous = k > 0
+        units, previous_units = self.units[frames], self.units[previous]
+        if config.silence_unit_prob > 0:
+            for index, values in ((frames, "units"), (previous, "previous")):
+                coin = torch.rand(index.shape, generator=generator) < config.silence_unit_prob
+                silent = coin & (self.rms[index] < config.silence_rms)
+                if values == "units":
+                    units = torch.where(silent, silence_unit, units)
+                else:
+                    previous_units = torch.where(silent, silence_unit, previous_units)
+        previous_units = previous_units * has_previous[:, None]
+        return units, previous_units, has_previous, self.audio[frames].flatten(1, 2).float()
+
+
+@torch.inference_mode()
+def speech_latents(corpus: str | Path, cache: str | Path, codecs: Codecs, split: str = "train",
+                   tb: TimeBase = TimeBase()) -> SpeechLatents:
+    """A speech-only corpus split's :class:`SpeechLatents`, encoded once into
+    ``<cache>/prior/<corpus name>-<split>.pt`` and kept while its shards and the codecs are unchanged."""
+    paths = shard_paths(Path(corpus), split)
+    if not paths:
+        raise FileNotFoundError(f"no {split} shards under {corpus}")
+    digest = hashlib.sha256(json.dumps([codecs.digest(), *[_source_digest(Shard(p)) for p in paths]]).encode())
+    digest = digest.hexdigest()[:16]
+    path = Path(cache) / "prior" / f"{Path(corpus).name}-{split}.pt"
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        if saved.get("digest") == digest:
+            return SpeechLatents(saved["audio"], saved["units"], saved["rms"], saved["num_frames"])
+    started = time.perf_counter()
+    audio, units, rms, num_frames = [], [], [], []
+    for shard_path in paths:
+        shard = Shard(shard_path)
+        for i in range(len(shard)):
+            sample = shard.sample(i)
+            pcm = torch.from_numpy(np.ascontiguousarray(sample.waveform))[None]  # [1, S]
+            latents = codecs.audio.encode(pcm)[0]  # [F*m, Ca]
+            n = min(sample.num_frames, latents.shape[0] // tb.mel_per_frame)
+            audio.append(latents[:n * tb.mel_per_frame].reshape(n, tb.mel_per_frame, -1).half())
+            units.append(sample_units(codecs.units, codecs.audio, sample, latents)[:n].long())
+            rms.append(pcm[0, :n * tb.samples_per_frame].reshape(n, tb.samples_per_frame).pow(2).mean(1).sqrt())
+            num_frames.append(n)
+    result = SpeechLatents(torch.cat(audio), torch.cat(units), torch.cat(rms).float(), torch.tensor(num_frames))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"digest": digest, **{f.name: getattr(result, f.name) for f in fields(SpeechLatents)}}, tmp)
+    tmp.rename(path)
+    log.info("prior cache %s: %d samples, %d frames, %.0f s", path, len(num_frames), len(result.units),
+             time.perf_counter() - started)
+    return result

@@ -78,9 +78,11 @@ from training.pipelines.dit_data import (
     ChunkSamplingConfig,
     Codecs,
     LatentCache,
+    SpeechLatents,
     from_unit_range,
     load_codecs,
     precompute,
+    speech_latents,
     splits_in,
 )
 from training.trainers.runtime import DistInfo, RunConfig, Trainer, init_distributed, load_train_config
@@ -150,10 +152,17 @@ class PriorFitConfig:
     lr: float = 2e-3  # AdamW, constant
     seed: int = 0
     refit: bool = False  # fit again at a run's start even if the initial weights hold a fitted prior
+    # Speech-only corpora (``streamchar corpus --speech-only``): their audio and aligned units train the
+    # prior too (it needs no frames), extra_share of every batch.
+    extra_corpora: tuple[str, ...] = ()
+    extra_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("prior.steps and prior.batch_size must be >= 1 and prior.lr > 0")
+        object.__setattr__(self, "extra_corpora", tuple(self.extra_corpora))
+        if not 0.0 <= self.extra_share < 1.0:
+            raise ValueError(f"prior.extra_share must be in [0, 1), got {self.extra_share}")
 
 
 @dataclass(frozen=True)
@@ -248,7 +257,7 @@ def train(config: DiTTrainConfig) -> Path | None:
     device = info.device
     prior_record: dict[str, Any] = {}
     if prior is not None and trainer.step == 0 and (config.prior.refit or int(prior.fitted_steps) == 0):
-        prior_record = fit_prior(model, sampler, config.prior, info)  # never on a resume
+        prior_record = fit_prior(model, sampler, config.prior, info, codecs, config.data)  # never on a resume
 
     def batch_fn(step: int, generator: torch.Generator) -> TrainBatch:
         chunks = sampler.draw(r.batch_size, generator)
@@ -272,21 +281,35 @@ def train(config: DiTTrainConfig) -> Path | None:
     return export_dir
 
 
-def fit_prior(model: EMADiT, sampler: ChunkSampler, config: PriorFitConfig, info: DistInfo) -> dict[str, Any]:
+def fit_prior(model: EMADiT, sampler: ChunkSampler, config: PriorFitConfig, info: DistInfo, codecs: Codecs,
+              data: DiTDataConfig) -> dict[str, Any]:
     """Fit the DiT's audio prior (rank 0; the others receive its weights), copy it into the EMA and mark it
-    fitted. Chunks drawn like the DiT's (silence units included), MSE against their audio latents."""
+    fitted. Chunks drawn like the DiT's (silence units included), with extra_share of each batch from the
+    speech-only corpora if any, MSE against their audio latents."""
     prior = model.dit.prior
     started = time.perf_counter()
-    record: dict[str, Any] = {"steps": config.steps, "batch_size": config.batch_size, "lr": config.lr}
+    record: dict[str, Any] = {"steps": config.steps, "batch_size": config.batch_size, "lr": config.lr,
+                              "extra_corpora": list(config.extra_corpora), "extra_share": config.extra_share}
     if info.is_main:
+        extra = SpeechLatents.concat([speech_latents(c, data.cache, codecs) for c in config.extra_corpora]) \
+            if config.extra_corpora else None
+        n_extra = round(config.batch_size * config.extra_share) if extra is not None else 0
+        if extra is not None:
+            record["extra_frames"] = len(extra.units)
         generator = torch.Generator().manual_seed(config.seed)
         fitting = copy.deepcopy(prior).requires_grad_(True).train()
         optimizer = torch.optim.AdamW(fitting.parameters(), lr=config.lr, weight_decay=0.0)
         running = None
         for step in range(1, config.steps + 1):
-            batch = sampler.draw(config.batch_size, generator)
-            cond = batch.cond.to(info.device)
-            loss = F.mse_loss(fitting(cond.units, cond.previous_units, cond.has_motion), batch.audio.to(info.device))
+            batch = sampler.draw(config.batch_size - n_extra, generator)
+            units, previous, has_previous, audio = (batch.cond.units, batch.cond.previous_units,
+                                                    batch.cond.has_motion, batch.audio)
+            if n_extra:
+                more = extra.draw(n_extra, generator, sampler.silence_unit, data.sampling, TB)
+                units, previous, has_previous, audio = (torch.cat(pair) for pair in
+                                                        zip((units, previous, has_previous, audio), more))
+            mean = fitting(units.to(info.device), previous.to(info.device), has_previous.to(info.device))
+            loss = F.mse_loss(mean, audio.to(info.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
