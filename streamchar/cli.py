@@ -289,10 +289,13 @@ def _sampler_steps(text: str) -> int:
 
 
 def _audio_temperature(text: str) -> float:
+    from streamchar.models.sampler import check_audio_temperature
+
     value = float(text)
-    if not 0.0 <= value <= 2.0:
-        raise argparse.ArgumentTypeError(f"the audio temperature must be in [0, 2], got {value:g}")
-    return value
+    try:
+        return check_audio_temperature(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the audio temperature must be in [0, 2], got {value:g}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,7 @@ from streamchar.grpcutil import (
 )
 from streamchar.logutil import session_logger
 from streamchar.models.bundle import load_renderer
+from streamchar.models.sampler import check_audio_temperature
 from streamchar.session import SessionMeta
 from streamchar.state.store import SessionStore, open_store
 from streamchar.telemetry import (
@@ -81,8 +82,7 @@ class RendererConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.max_batch < 1 or self.window < 1:
             raise ValueError("steps, max_batch and window must be >= 1")
-        if not 0.0 <= self.audio_temperature <= 2.0:
-            raise ValueError(f"audio_temperature must be in [0, 2], got {self.audio_temperature}")
+        check_audio_temperature(self.audio_temperature)
 
 
 def _pcm_s16le(pcm: np.ndarray) -> bytes:

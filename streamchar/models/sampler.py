@@ -34,6 +34,13 @@ class ChunkVelocityModel(Protocol):
     ) -> tuple[Tensor, Tensor]: ...
 
 
+def check_audio_temperature(value: float) -> float:
+    """`value` if it is a valid ``audio_temperature`` (see ``FlowMatchingSampler``), else ValueError."""
+    if not 0.0 <= value <= 2.0:
+        raise ValueError(f"audio_temperature must be in [0, 2], got {value:g}")
+    return value
+
+
 class FlowMatchingSampler:
     def __init__(self, steps: int, guidance: float = 1.0, shift: float = 1.0, audio_temperature: float = 1.0) -> None:
         """steps: model evaluations (x2 batch when guided); guidance: CFG scale on the speech
@@ -45,12 +52,10 @@ class FlowMatchingSampler:
             raise ValueError("steps must be >= 1")
         if shift <= 0:
             raise ValueError("shift must be > 0")
-        if not 0.0 <= audio_temperature <= 2.0:
-            raise ValueError(f"audio_temperature must be in [0, 2], got {audio_temperature}")
         self.steps = steps
         self.guidance = guidance
         self.shift = shift
-        self.audio_temperature = audio_temperature
+        self.audio_temperature = check_audio_temperature(audio_temperature)
 
     def timesteps(self) -> Tensor:
         """[steps + 1] noise levels from 1 down to 0."""

@@ -57,6 +57,7 @@ from streamchar.models.video_codec import TinyVideoAutoencoder, TinyVideoAutoenc
 from streamchar.timebase import TimeBase
 from training.data.characters import reference_image
 from training.data.corpus import SPLITS, Shard, shard_paths
+from training.data.schema import Sample
 from training.trainers.runtime import weights_digest
 from training.units import sample_units
 
@@ -139,6 +140,17 @@ def _cached_digests(path: Path) -> tuple[str, str, int] | None:
     return meta["source"], meta["codecs"], int(meta["version"])
 
 
+def encode_speech(sample: Sample, codecs: Codecs, tb: TimeBase) -> tuple[Tensor, Tensor, Tensor]:
+    """A sample's audio latents float16 [F*m, Ca], units long [F] and waveform RMS float32 [F] per frame."""
+    if sample.waveform.shape[0] != sample.num_frames * tb.samples_per_frame:
+        raise ValueError(f"{sample.sample_id}: audio is not {tb.samples_per_frame} samples per frame")
+    pcm = torch.from_numpy(np.ascontiguousarray(sample.waveform))[None]  # [1, S]
+    latents = codecs.audio.encode(pcm)[0]  # [F*m, Ca]
+    units = sample_units(codecs.units, codecs.audio, sample, latents).long()  # [F]
+    rms = pcm.reshape(sample.num_frames, tb.samples_per_frame).pow(2).mean(1).sqrt()  # [F]
+    return latents.half(), units, rms.float()
+
+
 @torch.inference_mode()
 def encode_shard(shard: Shard, codecs: Codecs, tb: TimeBase, frame_batch: int = 256) -> dict[str, Tensor]:
     """All latents of one corpus shard (see the module docstring for the arrays)."""
@@ -146,16 +158,13 @@ def encode_shard(shard: Shard, codecs: Codecs, tb: TimeBase, frame_batch: int = 
     size = codecs.video.image_size
     for i in range(len(shard)):
         sample = shard.sample(i)
-        if sample.waveform.shape[0] != sample.num_frames * tb.samples_per_frame:
-            raise ValueError(f"{sample.sample_id}: audio is not {tb.samples_per_frame} samples per frame")
+        frame_audio, frame_units, frame_rms = encode_speech(sample, codecs, tb)
         for start in range(0, sample.num_frames, frame_batch):
             frames = to_unit_range(sample.frames[start:start + frame_batch])  # [b, 3, H, W]
             video.append(codecs.video.encode(frames).half())  # [b, C, h, w]
-        pcm = torch.from_numpy(np.ascontiguousarray(sample.waveform))[None]  # [1, S]
-        latents = codecs.audio.encode(pcm)  # [1, F*m, Ca]
-        audio.append(latents[0].half())
-        units.append(sample_units(codecs.units, codecs.audio, sample, latents[0]).to(torch.int16))  # [F]
-        rms.append(pcm.reshape(sample.num_frames, tb.samples_per_frame).pow(2).mean(1).sqrt())  # [F]
+        audio.append(frame_audio)
+        units.append(frame_units.to(torch.int16))
+        rms.append(frame_rms)
         ref.append(codecs.video.encode(to_unit_range(reference_image(sample.character, size)[None])).half())
     return {"video": torch.cat(video), "audio": torch.cat(audio), "units": torch.cat(units),
             "rms": torch.cat(rms).float(), "ref": torch.cat(ref)}
@@ -305,6 +314,23 @@ class ChunkSamplingConfig:
             raise ValueError("first_chunk_prob and silence_unit_prob must be in [0, 1]")
 
 
+def chunk_frames(start: Tensor, frames_per_chunk: int) -> tuple[Tensor, Tensor]:
+    """[B] first frames of chunks -> their frame indices [B, F] and the previous chunk's [B, F] (clamped
+    at 0: the caller hides them at chunk 0)."""
+    offsets = torch.arange(frames_per_chunk)
+    return start[:, None] + offsets, (start[:, None] - frames_per_chunk + offsets).clamp(min=0)
+
+
+def silence_units(units: Tensor, rms: Tensor, silence_unit: int, config: ChunkSamplingConfig,
+                  generator: torch.Generator) -> Tensor:
+    """The units with each digitally silent frame's (rms below ``silence_rms``) turned into the silence
+    unit with probability ``silence_unit_prob`` (see the module docstring)."""
+    if config.silence_unit_prob <= 0:
+        return units
+    coin = torch.rand(units.shape, generator=generator) < config.silence_unit_prob
+    return torch.where(coin & (rms < config.silence_rms), silence_unit, units)
+
+
 class ChunkSampler:
     """Draws (sample, chunk k) pairs from a :class:`LatentCache` and builds their inference conditions."""
 
@@ -346,7 +372,7 @@ class ChunkSampler:
         if bool((chunk >= self.full_chunks[sample]).any()) or bool((chunk < 0).any()):
             raise IndexError("chunk index past the sample's last full chunk")
         start = c.frame_offset[sample] + chunk * Fc  # [B] first frame of each chunk
-        frames = start[:, None] + torch.arange(Fc)  # [B, F]
+        frames, previous = chunk_frames(start, Fc)  # [B, F] each; previous hidden at chunk 0
         sink = c.frame_offset[sample][:, None] + torch.arange(Fc)  # [B, F]
         # Chunk 0 has no motion: its indices are clamped to valid frames and the values zeroed below.
         motion = (start[:, None] - Fm + torch.arange(Fm)).clamp(min=0)  # [B, Fm]
@@ -362,14 +388,10 @@ class ChunkSampler:
         video, audio = latents(frames)
         sink_video, sink_audio = latents(sink)
         motion_video, motion_audio = latents(motion)
-        previous = (start[:, None] - Fc + torch.arange(Fc)).clamp(min=0)  # [B, F], hidden at chunk 0
         units, previous_units = c.units[frames], c.units[previous]  # [B, F]
-        if generator is not None and self.config.silence_unit_prob > 0:
-            coin = torch.rand(units.shape, generator=generator) < self.config.silence_unit_prob
-            units = torch.where(coin & (c.rms[frames] < self.config.silence_rms), self.silence_unit, units)
-            coin = torch.rand(units.shape, generator=generator) < self.config.silence_unit_prob
-            previous_units = torch.where(coin & (c.rms[previous] < self.config.silence_rms), self.silence_unit,
-                                         previous_units)
+        if generator is not None:
+            units = silence_units(units, c.rms[frames], self.silence_unit, self.config, generator)
+            previous_units = silence_units(previous_units, c.rms[previous], self.silence_unit, self.config, generator)
         cond = ChunkConditions(units=units, ref_video=c.ref[sample].float(),
                                sink_video=hide(sink_video), sink_audio=hide(sink_audio),
                                motion_video=hide(motion_video), motion_audio=hide(motion_audio),
@@ -409,19 +431,10 @@ class SpeechLatents:
             raise ValueError(f"no speech sample has a full chunk of {Fc} frames")
         pick = torch.multinomial(chunks.float(), batch_size, replacement=True, generator=generator)  # [B]
         k = (torch.rand(batch_size, generator=generator) * chunks[pick]).long()  # [B] in [0, chunks)
-        start = self.frame_offset[pick] + k * Fc
-        frames = start[:, None] + torch.arange(Fc)
-        previous = (start[:, None] - Fc + torch.arange(Fc)).clamp(min=0)
+        frames, previous = chunk_frames(self.frame_offset[pick] + k * Fc, Fc)
         has_previous = k > 0
-        units, previous_units = self.units[frames], self.units[previous]
-        if config.silence_unit_prob > 0:
-            for index, values in ((frames, "units"), (previous, "previous")):
-                coin = torch.rand(index.shape, generator=generator) < config.silence_unit_prob
-                silent = coin & (self.rms[index] < config.silence_rms)
-                if values == "units":
-                    units = torch.where(silent, silence_unit, units)
-                else:
-                    previous_units = torch.where(silent, silence_unit, previous_units)
+        units = silence_units(self.units[frames], self.rms[frames], silence_unit, config, generator)
+        previous_units = silence_units(self.units[previous], self.rms[previous], silence_unit, config, generator)
         previous_units = previous_units * has_previous[:, None]
         return units, previous_units, has_previous, self.audio[frames].flatten(1, 2).float()
 
@@ -447,14 +460,12 @@ def speech_latents(corpus: str | Path, cache: str | Path, codecs: Codecs, split:
         shard = Shard(shard_path)
         for i in range(len(shard)):
             sample = shard.sample(i)
-            pcm = torch.from_numpy(np.ascontiguousarray(sample.waveform))[None]  # [1, S]
-            latents = codecs.audio.encode(pcm)[0]  # [F*m, Ca]
-            n = min(sample.num_frames, latents.shape[0] // tb.mel_per_frame)
-            audio.append(latents[:n * tb.mel_per_frame].reshape(n, tb.mel_per_frame, -1).half())
-            units.append(sample_units(codecs.units, codecs.audio, sample, latents)[:n].long())
-            rms.append(pcm[0, :n * tb.samples_per_frame].reshape(n, tb.samples_per_frame).pow(2).mean(1).sqrt())
-            num_frames.append(n)
-    result = SpeechLatents(torch.cat(audio), torch.cat(units), torch.cat(rms).float(), torch.tensor(num_frames))
+            frame_audio, frame_units, frame_rms = encode_speech(sample, codecs, tb)
+            audio.append(frame_audio.view(sample.num_frames, tb.mel_per_frame, -1))
+            units.append(frame_units)
+            rms.append(frame_rms)
+            num_frames.append(sample.num_frames)
+    result = SpeechLatents(torch.cat(audio), torch.cat(units), torch.cat(rms), torch.tensor(num_frames))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"digest": digest, **{f.name: getattr(result, f.name) for f in fields(SpeechLatents)}}, tmp)
