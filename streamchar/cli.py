@@ -41,7 +41,7 @@ def cmd_say(args: argparse.Namespace) -> int:
     image = _read_character(args.character)
     pipeline = Pipeline(PipelineConfig(checkpoint=args.checkpoint, dit=args.dit, steps=args.steps,
                                        guidance=args.guidance, audio_temperature=args.audio_temperature,
-                                       seed=args.seed))
+                                       audio_guidance=args.audio_guidance, seed=args.seed))
     bar = tqdm(total=len(args.text), unit="char", desc="speaking", disable=args.quiet)
 
     def progress(chunk: int, pointer: int, total: int) -> None:
@@ -310,10 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--voice", default="")
     say.add_argument("--checkpoint", default="", help="bundle directory (default: the shipped tiny bundle)")
     say.add_argument("--dit", default="dit", help="the bundle's DiT: dit (the distilled student, 4 steps), "
-                     "dit-stage1, or teacher (with --steps 32 --guidance 3 --audio-temperature 0)")
+                     "dit-stage1, or teacher (with --steps 32 --guidance 3 --audio-temperature 0 --audio-guidance 1)")
     say.add_argument("--steps", type=_sampler_steps, default=4)
     say.add_argument("--guidance", type=float, default=1.0)
     say.add_argument("--audio-temperature", type=_audio_temperature, default=1.0, help="scales the audio's starting noise")
+    say.add_argument("--audio-guidance", type=float, default=None, help="the audio's own CFG scale (default: --guidance)")
     say.add_argument("--seed", type=int, default=1)
     say.add_argument("--threads", type=int, default=2)
     say.add_argument("-q", "--quiet", action="store_true")

@@ -187,3 +187,25 @@ def test_audio_temperature_scales_only_the_audio_starting_noise() -> None:
     assert torch.equal(seen[0][0], noise[0]) and torch.equal(seen[0][1], 0.5 * noise[1])
     with pytest.raises(ValueError, match="audio_temperature"):
         FlowMatchingSampler(2, audio_temperature=-0.1)
+
+
+def test_audio_guidance_guides_the_audio_apart_from_the_video() -> None:
+    video_shape, audio_shape = shapes()
+
+    class BothBiased(StraightFlow):  # a unit-dependent term on the audio too, so its guidance shows
+        def forward(self, video_noisy, audio_noisy, t, units, **context):
+            video, audio = super().forward(video_noisy, audio_noisy, t, units, **context)
+            return video, audio + self.unit_bias * (units != NULL).float().mean(dim=1).view(-1, 1, 1)
+
+    model = BothBiased(torch.randn(video_shape), torch.randn(audio_shape), unit_bias=0.3)
+    noise = shapes_noise(video_shape, audio_shape)
+    plain_video, plain_audio = FlowMatchingSampler(4, guidance=1.0).sample(model, condition(), *noise)
+    guided_video, guided_audio = FlowMatchingSampler(4, guidance=3.0).sample(model, condition(), *noise)
+    video, audio = FlowMatchingSampler(4, guidance=3.0, audio_guidance=1.0).sample(model, condition(), *noise)
+    assert not torch.allclose(guided_audio, plain_audio)  # guidance moves the audio when it applies
+    torch.testing.assert_close(video, guided_video)
+    torch.testing.assert_close(audio, plain_audio)
+    # and the other way round: audio guided while the video is not
+    video, audio = FlowMatchingSampler(4, guidance=1.0, audio_guidance=3.0).sample(model, condition(), *noise)
+    torch.testing.assert_close(video, plain_video)
+    torch.testing.assert_close(audio, guided_audio)

@@ -42,9 +42,10 @@ def check_audio_temperature(value: float) -> float:
 
 
 class FlowMatchingSampler:
-    def __init__(self, steps: int, guidance: float = 1.0, shift: float = 1.0, audio_temperature: float = 1.0) -> None:
+    def __init__(self, steps: int, guidance: float = 1.0, shift: float = 1.0, audio_temperature: float = 1.0,
+                 audio_guidance: float | None = None) -> None:
         """steps: model evaluations (x2 batch when guided); guidance: CFG scale on the speech
-        units (1 = off); shift > 1 spends more steps at high noise (SD3-style time shift);
+        units (1 = off); audio_guidance: the audio's own CFG scale (None: `guidance`); shift > 1 spends more steps at high noise (SD3-style time shift);
         audio_temperature scales the audio's starting noise (1: a sample of the learned distribution;
         < 1 moves it towards the distribution's centre, as the noise scale of Glow-TTS / VITS or the
         temperature of Grad-TTS do; 0: the flow from the noise's mode, deterministic)."""
@@ -54,6 +55,7 @@ class FlowMatchingSampler:
             raise ValueError("shift must be > 0")
         self.steps = steps
         self.guidance = guidance
+        self.audio_guidance = guidance if audio_guidance is None else audio_guidance
         self.shift = shift
         self.audio_temperature = check_audio_temperature(audio_temperature)
 
@@ -87,7 +89,7 @@ class FlowMatchingSampler:
                  if prior_mean is not None else None)
         if prior is not None:
             cond["audio_prior"] = prior
-        guided = self.guidance != 1.0
+        guided = self.guidance != 1.0 or self.audio_guidance != 1.0
         if guided:
             # Cond and null-unit uncond share one batched forward: one pass over the weights
             # instead of two, and the context is identical so only the units differ.
@@ -104,7 +106,7 @@ class FlowMatchingSampler:
             video_velocity, audio_velocity = model(video_noisy=video_in, audio_noisy=audio_in, t=t, **cond)
             if guided:
                 video_velocity = _guide(video_velocity, self.guidance)
-                audio_velocity = _guide(audio_velocity, self.guidance)
+                audio_velocity = _guide(audio_velocity, self.audio_guidance)
             video = video + (t_next - t_now) * video_velocity
             audio = audio + (t_next - t_now) * audio_velocity
         return video, audio if prior is None else audio + prior

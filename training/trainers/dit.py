@@ -469,7 +469,8 @@ def _sample(sampler: FlowMatchingSampler, dit: JointAudioVideoDiT, batch: ChunkB
 
 def rollout(models: RendererModels, cache: LatentCache, samples: list[int], steps: int, guidance: float,
             references: list[np.ndarray], seed: int,
-            audio_temperature: float = 1.0) -> list[tuple[np.ndarray, np.ndarray, Tensor, Tensor]]:
+            audio_temperature: float = 1.0,
+            audio_guidance: float | None = None) -> list[tuple[np.ndarray, np.ndarray, Tensor, Tensor]]:
     """Render whole clips chunk by chunk exactly as a live session does (``RenderEngine.render_batch``:
     chunk 0 from the reference alone, then the own previous chunk as motion and chunk 0 as sink), with the
     clips' ground-truth units. Returns per clip (frames uint8 [F, H, W, 3], pcm [S], video [F, C, h, w],
@@ -481,7 +482,7 @@ def rollout(models: RendererModels, cache: LatentCache, samples: list[int], step
     outputs: list[list] = [[] for _ in samples]
     with ThreadPoolExecutor(1) as executor:
         engine = RenderEngine(models, steps, guidance, max_batch=len(samples), executor=executor,
-                              audio_temperature=audio_temperature)
+                              audio_temperature=audio_temperature, audio_guidance=audio_guidance)
         for k in range(max(chunks)):
             active = [i for i, n in enumerate(chunks) if k < n]
             jobs = []
@@ -518,7 +519,7 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
              split: str = "test", bundle: str | None = None, chunks: int = 64, steps: tuple[int, ...] = (32, 4),
              guidance: tuple[float, ...] = (1.0, 2.0), rollouts: int = 2, out: str | Path | None = None,
              weights: str = "ema", seed: int = 0, rows: int = 32, audio_temperature: float = 1.0,
-             prior_only: bool = False) -> dict[str, Any]:
+             prior_only: bool = False, audio_guidance: float | None = None) -> dict[str, Any]:
     """Score a checkpoint on held-out chunks and clips (see the module docstring); prints a table, writes
     ``report.json`` (and rollout MP4s) to `out` (default ``<checkpoint>/eval-<split>``), returns the report."""
     checkpoint = Path(checkpoint)
@@ -552,7 +553,8 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
     for n in steps:
         for g in guidance:
             started = time.perf_counter()
-            video, audio = _sample(FlowMatchingSampler(n, g, audio_temperature=audio_temperature), dit, batch,
+            video, audio = _sample(FlowMatchingSampler(n, g, audio_temperature=audio_temperature,
+                                                       audio_guidance=audio_guidance), dit, batch,
                                    video_noise, audio_noise, rows)
             seconds = (time.perf_counter() - started) / chunks
             metrics = chunk_metrics(video, audio, decode_frames(models, video), batch.video, batch.audio, gt_frames)
@@ -563,7 +565,7 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
     if rollouts:
         picks = [s for s in range(len(latents)) if int(latents.num_frames[s]) // Fc >= 4][:rollouts]
         refs = [reference_image(corpus_samples[s].character, codecs.video.image_size) for s in picks]
-        rolled = rollout(models, latents, picks, steps[0], guidance[0], refs, seed, audio_temperature)
+        rolled = rollout(models, latents, picks, steps[0], guidance[0], refs, seed, audio_temperature, audio_guidance)
         recognizer = load_recognizer(RECOGNIZER)
         for s, (frames, pcm, video, audio) in zip(picks, rolled):
             n_frames = len(frames)
@@ -582,7 +584,7 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
                               "reference": reference, "heard": recognizer.recognize(pcm), "mp4": str(path)})
 
     report = {"checkpoint": str(checkpoint), "weights": weights, "split": split, "chunks": chunks,
-              "audio_temperature": audio_temperature, "prior_only": prior_only,
+              "audio_temperature": audio_temperature, "audio_guidance": audio_guidance, "prior_only": prior_only,
               "first_chunk_share": float((batch.chunk_index == 0).float().mean()), "codec_psnr": codec_psnr,
               "settings": settings, "rollouts": clip_rows}
     if clip_rows:  # pooled over clips (jiwer over all phonemes), like the harness
@@ -598,6 +600,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"{report['checkpoint']} ({report['weights']}) on {report['chunks']} {report['split']} chunks "
              f"({report['first_chunk_share']:.0%} chunk 0), ground-truth conditions; "
              f"codec ceiling PSNR {report['codec_psnr']:.2f} dB; audio temperature {report['audio_temperature']:g}"
+             + (f"; audio guidance {report['audio_guidance']:g}" if report.get("audio_guidance") is not None else "")
              + ("; audio = the prior mean alone" if report.get("prior_only") else ""),
              f"{'steps':>5} {'cfg':>4} " + " ".join(f"{c:>17}" for c in cols) + f" {'s/chunk':>8}"]
     for row in report["settings"]:
@@ -641,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--out", default=None)
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--audio-temperature", type=float, default=1.0, help="scales the audio's starting noise")
+        parser.add_argument("--audio-guidance", type=float, default=None,
+                            help="the audio's own CFG scale (default: --guidance's)")
         parser.add_argument("--prior-only", action="store_true", help="ablation: the audio is the prior mean alone")
     else:
         parser.add_argument("--config", default=None, help="TOML over the defaults")
@@ -653,7 +658,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(os.cpu_count() or 1)
         evaluate(args.checkpoint, args.corpus, args.cache, args.split, args.bundle, args.chunks, args.steps,
                  args.guidance, args.rollouts, args.out, args.weights, args.seed,
-                 audio_temperature=args.audio_temperature, prior_only=args.prior_only)
+                 audio_temperature=args.audio_temperature, prior_only=args.prior_only,
+                 audio_guidance=args.audio_guidance)
         return 0
     config = load_train_config(DiTTrainConfig, args.config, args.set)
     if command == "precompute":
