@@ -45,7 +45,8 @@ class FlowMatchingSampler:
     def __init__(self, steps: int, guidance: float = 1.0, shift: float = 1.0, audio_temperature: float = 1.0,
                  audio_guidance: float | None = None) -> None:
         """steps: model evaluations (x2 batch when guided); guidance: CFG scale on the speech
-        units (1 = off); audio_guidance: the audio's own CFG scale (None: `guidance`); shift > 1 spends more steps at high noise (SD3-style time shift);
+        units (1 = off); audio_guidance: the audio's own CFG scale (None: `guidance`); shift > 1
+        spends more steps at high noise (SD3-style time shift);
         audio_temperature scales the audio's starting noise (1: a sample of the learned distribution;
         < 1 moves it towards the distribution's centre, as the noise scale of Glow-TTS / VITS or the
         temperature of Grad-TTS do; 0: the flow from the noise's mode, deterministic)."""
