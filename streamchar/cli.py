@@ -298,6 +298,16 @@ def _audio_temperature(text: str) -> float:
         raise argparse.ArgumentTypeError(f"the audio temperature must be in [0, 2], got {value:g}") from None
 
 
+def _guidance(text: str) -> float:
+    from streamchar.models.sampler import MAX_GUIDANCE, check_guidance
+
+    value = float(text)
+    try:
+        return check_guidance(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a CFG scale must be in [0, {MAX_GUIDANCE:g}], got {value:g}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamchar", description="Real-time streaming talking characters.")
     parser.add_argument("--log-level", default="WARNING")
@@ -312,9 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--dit", default="dit", help="the bundle's DiT: dit (the distilled student, 4 steps), "
                      "dit-stage1, or teacher (with --steps 32 --guidance 3 --audio-temperature 0 --audio-guidance 1)")
     say.add_argument("--steps", type=_sampler_steps, default=4)
-    say.add_argument("--guidance", type=float, default=1.0)
+    say.add_argument("--guidance", type=_guidance, default=1.0)
     say.add_argument("--audio-temperature", type=_audio_temperature, default=1.0, help="scales the audio's starting noise")
-    say.add_argument("--audio-guidance", type=float, default=None, help="the audio's own CFG scale (default: --guidance)")
+    say.add_argument("--audio-guidance", type=_guidance, default=None, help="the audio's own CFG scale (default: --guidance)")
     say.add_argument("--seed", type=int, default=1)
     say.add_argument("--threads", type=int, default=2)
     say.add_argument("-q", "--quiet", action="store_true")
@@ -346,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--text", default=BENCH_TEXT)
     bench.add_argument("--dit", default="dit", help="the bundle's DiT (dit, dit-stage1, teacher)")
     bench.add_argument("--steps", type=_sampler_steps, default=4)
-    bench.add_argument("--guidance", type=float, default=1.0)
+    bench.add_argument("--guidance", type=_guidance, default=1.0)
     bench.add_argument("--versus", default="teacher:32:3", help="compare mode: the other DiT, DIT:STEPS:GUIDANCE")
     bench.add_argument("--repeats", type=int, default=3, help="sessions per mode; medians over all chunks")
     bench.add_argument("--checkpoint", default="")
@@ -430,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("--checkpoint", default="")
     samples.add_argument("--dit", default="dit", help="the bundle's DiT (dit, dit-stage1, teacher)")
     samples.add_argument("--steps", type=_sampler_steps, default=4)
-    samples.add_argument("--guidance", type=float, default=1.0)
+    samples.add_argument("--guidance", type=_guidance, default=1.0)
     samples.add_argument("--audio-temperature", type=_audio_temperature, default=1.0, help="scales the audio's starting noise")
     samples.add_argument("--threads", type=int, default=2)
     samples.set_defaults(func=cmd_samples)

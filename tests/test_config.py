@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from services.orchestrator.server import OrchestratorConfig
@@ -30,9 +32,11 @@ def test_nested_sections_from_file_and_env(tmp_path):
     ("", {"STREAMCHAR_STEPS": "many"}, "steps: expected int"),
     ("", {"STREAMCHAR_STEPS": "0"}, "must be >= 1"),
     ("steps = [", {}, "cannot read config file"),
+    ("guidance = 11.0\n", {}, "guidance must be in [0, 10]"),
+    ("", {"STREAMCHAR_AUDIO_GUIDANCE": "-0.5"}, "audio_guidance must be in [0, 10]"),
 ])
 def test_mistakes_are_errors(tmp_path, content, env, message):
     path = tmp_path / "c.toml"
     path.write_text(content)
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(RendererConfig, path, env=env)

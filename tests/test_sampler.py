@@ -189,6 +189,13 @@ def test_audio_temperature_scales_only_the_audio_starting_noise() -> None:
         FlowMatchingSampler(2, audio_temperature=-0.1)
 
 
+@pytest.mark.parametrize("kwargs, name", [({"guidance": -1.0}, "guidance"), ({"guidance": float("nan")}, "guidance"),
+                                          ({"audio_guidance": 10.5}, "audio_guidance")])
+def test_cfg_scales_out_of_range_are_refused(kwargs, name) -> None:
+    with pytest.raises(ValueError, match=f"^{name} must be in"):
+        FlowMatchingSampler(2, **kwargs)
+
+
 def test_audio_guidance_guides_the_audio_apart_from_the_video() -> None:
     video_shape, audio_shape = shapes()
 

@@ -34,7 +34,7 @@ from streamchar.grpcutil import (
 )
 from streamchar.logutil import session_logger
 from streamchar.models.bundle import load_renderer
-from streamchar.models.sampler import check_audio_temperature
+from streamchar.models.sampler import check_audio_temperature, check_guidance
 from streamchar.session import SessionMeta
 from streamchar.state.store import SessionStore, open_store
 from streamchar.telemetry import (
@@ -86,6 +86,9 @@ class RendererConfig:
         if self.steps < 1 or self.max_batch < 1 or self.window < 1:
             raise ValueError("steps, max_batch and window must be >= 1")
         check_audio_temperature(self.audio_temperature)
+        check_guidance(self.guidance)
+        if self.audio_guidance is not None:
+            check_guidance(self.audio_guidance, "audio_guidance")
 
 
 def _pcm_s16le(pcm: np.ndarray) -> bytes:

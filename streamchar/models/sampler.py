@@ -41,6 +41,16 @@ def check_audio_temperature(value: float) -> float:
     return value
 
 
+MAX_GUIDANCE = 10.0  # past ~5 CFG oversaturates; 10 leaves room to explore (docs/eval/teacher/dit.md tries 1-3)
+
+
+def check_guidance(value: float, name: str = "guidance") -> float:
+    """`value` if it is a valid CFG scale (0: unconditional, 1: off, up to MAX_GUIDANCE), else ValueError."""
+    if not 0.0 <= value <= MAX_GUIDANCE:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, {MAX_GUIDANCE:g}], got {value:g}")
+    return value
+
+
 class FlowMatchingSampler:
     def __init__(self, steps: int, guidance: float = 1.0, shift: float = 1.0, audio_temperature: float = 1.0,
                  audio_guidance: float | None = None) -> None:
@@ -55,8 +65,8 @@ class FlowMatchingSampler:
         if shift <= 0:
             raise ValueError("shift must be > 0")
         self.steps = steps
-        self.guidance = guidance
-        self.audio_guidance = guidance if audio_guidance is None else audio_guidance
+        self.guidance = check_guidance(guidance)
+        self.audio_guidance = guidance if audio_guidance is None else check_guidance(audio_guidance, "audio_guidance")
         self.shift = shift
         self.audio_temperature = check_audio_temperature(audio_temperature)
 
