@@ -7,8 +7,10 @@ exporter is in-memory, which is how OpenTelemetry's SDK is meant to be tested.
 
 from __future__ import annotations
 
+import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,26 @@ def character_png() -> bytes:
 def spans() -> InMemorySpanExporter:
     SPAN_EXPORTER.clear()
     return SPAN_EXPORTER
+
+
+# torchrun(module, config, overrides, timeout=300) -> the run's stdout + stderr; fails the test on a non-zero exit.
+Torchrun = Callable[..., str]
+
+
+@pytest.fixture
+def torchrun() -> Torchrun:
+    """Runs a trainer module under ``torchrun --standalone --nproc_per_node 2`` (gloo, one thread per rank)."""
+
+    def run(module: str, config: Path, overrides: list[str], timeout: float = 300) -> str:
+        launcher = Path(sys.executable).parent / "torchrun"
+        args = [str(launcher), "--standalone", "--nproc_per_node", "2", "-m", module, "--config", str(config),
+                *(a for o in ["run.progress=false", "run.backend=gloo", *overrides] for a in ("--set", o))]
+        done = subprocess.run(args, cwd=ROOT, env={**os.environ, "LOG_LEVEL": "INFO", "OMP_NUM_THREADS": "1"},
+                              capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout + done.stderr
+
+    return run
 
 
 @dataclass

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,24 +167,16 @@ def test_a_real_critic_fits_the_students_chunks_and_the_teacher_stays_frozen(dit
 
 
 def test_torchrun_two_ranks_distil_resume_and_export(dit_corpus: Path, dit_cache: Path, num_units: int,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path, torchrun) -> None:
     teacher = small_dit(num_units, seed=5)
     save_module(teacher, teacher.config, tmp_path / "teacher")
     out = tmp_path / "run"
-    torchrun = Path(sys.executable).parent / "torchrun"
-    base = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "training.trainers.distill",
-            "--config", str(ROOT / "training" / "configs" / "distill_tiny.toml"),
-            "--set", f"teacher={tmp_path / 'teacher'}", "--set", f"data.corpus={dit_corpus}",
-            "--set", f"data.cache={dit_cache}", "--set", f"run.out={out}", "--set", "run.batch_size=2",
-            "--set", "run.log_every=1", "--set", "run.checkpoint_every=100", "--set", "run.warmup_steps=1",
-            "--set", "run.progress=false", "--set", "run.backend=gloo"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    config = ROOT / "training" / "configs" / "distill_tiny.toml"
+    base = [f"teacher={tmp_path / 'teacher'}", f"data.corpus={dit_corpus}", f"data.cache={dit_cache}",
+            f"run.out={out}", "run.batch_size=2", "run.log_every=1", "run.checkpoint_every=100", "run.warmup_steps=1"]
 
     def run(steps: int) -> str:
-        done = subprocess.run([*base, "--set", f"run.steps={steps}"], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=300)
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout + done.stderr
+        return torchrun("training.trainers.distill", config, [*base, f"run.steps={steps}"])
 
     run(2)
     ranks = json.loads((out / "ranks.json").read_text())
@@ -209,13 +198,11 @@ def test_torchrun_two_ranks_distil_resume_and_export(dit_corpus: Path, dit_cache
 
     # Stage 2 from stage 1's last checkpoint: rollouts of 2-3 chunks, the clips' own units.
     stage2 = tmp_path / "stage2"
-    done = subprocess.run([*base, "--set", "stage=2", "--set", f"run.out={stage2}", "--set", "run.steps=2",
-                           "--set", f"run.init_from={out / 'checkpoints' / 'step-0000003'}",
-                           "--set", "rollout.units=corpus", "--set", "rollout.min_chunks=2",
-                           "--set", "rollout.max_chunks=3", "--set", "rollout.ramp_steps=1"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "warm start from" in done.stdout + done.stderr
+    log = torchrun("training.trainers.distill", config,
+                   [*base, "stage=2", f"run.out={stage2}", "run.steps=2",
+                    f"run.init_from={out / 'checkpoints' / 'step-0000003'}", "rollout.units=corpus",
+                    "rollout.min_chunks=2", "rollout.max_chunks=3", "rollout.ramp_steps=1"])
+    assert "warm start from" in log
     ranks = json.loads((stage2 / "ranks.json").read_text())
     assert ranks["step"] == 2 and len(set(ranks["digests"])) == 1
     rows = [json.loads(line) for line in (stage2 / "metrics.jsonl").read_text().splitlines()]

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -326,24 +323,17 @@ def test_overfitting_two_chunks_lowers_the_loss(latents: LatentCache, codecs: Co
 
 # ---- the distributed trainer ----------------------------------------------------------------------
 
-def test_torchrun_two_ranks_train_export_and_resume(corpus: Path, cache: Path, tmp_path: Path) -> None:
+def test_torchrun_two_ranks_train_export_and_resume(corpus: Path, cache: Path, tmp_path: Path, torchrun) -> None:
     out = tmp_path / "run"
-    torchrun = Path(sys.executable).parent / "torchrun"
-    base = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "training.trainers.dit",
-            "--config", str(ROOT / "training" / "configs" / "dit_tiny.toml"),
-            "--set", f"data.corpus={corpus}", "--set", f"data.cache={cache}", "--set", f"run.out={out}",
-            "--set", "model.width=64", "--set", "model.depth=1", "--set", "model.num_heads=2",
-            "--set", "run.batch_size=2", "--set", "run.log_every=1", "--set", "run.checkpoint_every=100",
-            "--set", "run.warmup_steps=2", "--set", "run.progress=false", "--set", "run.backend=gloo",
-            "--set", "prior.steps=3", "--set", "prior.batch_size=4",  # the config's audio prior, fitted first,
-            "--set", f"prior.extra_corpora={corpus}"]  # its speech from a corpus's audio alone (here the same clips)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [f"data.corpus={corpus}", f"data.cache={cache}", f"run.out={out}",
+            "model.width=64", "model.depth=1", "model.num_heads=2",
+            "run.batch_size=2", "run.log_every=1", "run.checkpoint_every=100", "run.warmup_steps=2",
+            "prior.steps=3", "prior.batch_size=4",  # the config's audio prior, fitted first,
+            f"prior.extra_corpora={corpus}"]  # its speech from a corpus's audio alone (here the same clips)
 
     def run(steps: int) -> str:
-        done = subprocess.run([*base, "--set", f"run.steps={steps}"], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=240)
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout + done.stderr
+        return torchrun("training.trainers.dit", ROOT / "training" / "configs" / "dit_tiny.toml",
+                        [*base, f"run.steps={steps}"], timeout=240)
 
     log = run(3)
     assert "dit prior: step 3/3" in log and "prior cache" in log
