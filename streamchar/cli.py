@@ -288,24 +288,23 @@ def _sampler_steps(text: str) -> int:
     return value
 
 
-def _audio_temperature(text: str) -> float:
-    from streamchar.models.sampler import check_audio_temperature
+def _sampler_float(check: str, what: str):
+    """An argparse type: a float that ``streamchar.models.sampler.<check>`` accepts, else `what` and the value."""
 
-    value = float(text)
-    try:
-        return check_audio_temperature(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"the audio temperature must be in [0, 2], got {value:g}") from None
+    def parse(text: str) -> float:
+        from streamchar.models import sampler
+
+        value = float(text)
+        try:
+            return getattr(sampler, check)(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}, got {value:g}") from None
+
+    return parse
 
 
-def _guidance(text: str) -> float:
-    from streamchar.models.sampler import MAX_GUIDANCE, check_guidance
-
-    value = float(text)
-    try:
-        return check_guidance(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a CFG scale must be in [0, {MAX_GUIDANCE:g}], got {value:g}") from None
+_audio_temperature = _sampler_float("check_audio_temperature", "the audio temperature must be in [0, 2]")
+_guidance = _sampler_float("check_guidance", "a CFG scale must be in [0, 10]")
 
 
 def build_parser() -> argparse.ArgumentParser:
