@@ -373,6 +373,8 @@ def test_eval_reports_chunk_and_rollout_metrics(corpus: Path, cache: Path, codec
     assert Path(report["rollouts"][0]["mp4"]).stat().st_size > 1000
     # the recognizer heard the rolled-out audio: an untrained DiT's is far from the transcript, the truth's is not
     assert report["rollout_per"] > 0.5 and report["rollout_per_ground_truth"] < report["rollout_per"]
+    # and the sync judge saw it: the truth's mouth and voice agree, an untrained DiT's do not
+    assert report["rollout_lse_c_ground_truth"] > report["rollout_lse_c"] + 0.1
     assert (tmp_path / "eval" / "report.json").exists()
 
 

@@ -70,7 +70,8 @@ from training.data.characters import reference_image
 from training.data.corpus import ShardDataset
 from training.eval.recognizer import DEFAULT_CHECKPOINT as RECOGNIZER
 from training.eval.recognizer import is_pause, load_recognizer, phoneme_error_rate, pooled_per, transcript_phonemes
-from training.eval.sync import SyncNetConfig
+from training.eval.sync import DEFAULT_CHECKPOINT as SYNC
+from training.eval.sync import SyncNetConfig, fit_waveform, load_sync, sync_scores
 from training.objectives.flow_matching import FlowMatchingConfig, NoiseDraw, draw_noise, flow_matching_loss
 from training.pipelines.dit_data import (
     ChunkBatch,
@@ -566,7 +567,7 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
         picks = [s for s in range(len(latents)) if int(latents.num_frames[s]) // Fc >= 4][:rollouts]
         refs = [reference_image(corpus_samples[s].character, codecs.video.image_size) for s in picks]
         rolled = rollout(models, latents, picks, steps[0], guidance[0], refs, seed, audio_temperature, audio_guidance)
-        recognizer = load_recognizer(RECOGNIZER)
+        recognizer, sync = load_recognizer(RECOGNIZER), load_sync(SYNC)
         for s, (frames, pcm, video, audio) in zip(picks, rolled):
             n_frames = len(frames)
             first = int(latents.frame_offset[s])
@@ -578,7 +579,11 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
             path = out_dir / f"rollout-{latents.sample_ids[s]}.mp4"
             write_mp4(path, np.concatenate([frames, gt.frames[:n_frames]], axis=2), pcm)
             reference = [p for p in transcript_phonemes(gt) if not is_pause(p)]
+            synced = sync_scores(sync, frames, fit_waveform(pcm, n_frames))
+            gt_synced = sync_scores(sync, gt.frames[:n_frames], fit_waveform(gt.waveform, n_frames))
             clip_rows.append({"sample_id": latents.sample_ids[s], "frames": n_frames, **metrics,
+                              "lse_c": synced.lse_c, "lse_d": synced.lse_d, "offset": synced.offset,
+                              "lse_c_ground_truth": gt_synced.lse_c, "offset_ground_truth": gt_synced.offset,
                               "per": phoneme_error_rate(recognizer, pcm, reference),
                               "per_ground_truth": phoneme_error_rate(recognizer, gt.waveform, reference),
                               "reference": reference, "heard": recognizer.recognize(pcm), "mp4": str(path)})
@@ -590,6 +595,10 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
     if clip_rows:  # pooled over clips (jiwer over all phonemes), like the harness
         report["rollout_per"] = pooled_per([r["reference"] for r in clip_rows], [r["heard"] for r in clip_rows])
         report["rollout_per_ground_truth"] = float(np.mean([r["per_ground_truth"] for r in clip_rows]))
+        for key in ("lse_c", "lse_d", "lse_c_ground_truth"):
+            report[f"rollout_{key}"] = float(np.mean([r[key] for r in clip_rows]))
+        for key in ("offset", "offset_ground_truth"):
+            report[f"rollout_{key}0"] = float(np.mean([r[key] == 0 for r in clip_rows]))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(format_report(report))
     return report
@@ -610,9 +619,13 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("rollouts (own outputs as motion/sink, first setting, ground-truth units):")
         for row in report["rollouts"]:
             lines.append(f"{row['sample_id']:>14} {row['frames']:>4} frames " + " ".join(
-                f"{c} {row[c]:.4f}" for c in cols) + f" per {row['per']:.3f}  {row['mp4']}")
+                f"{c} {row[c]:.4f}" for c in cols) + f" per {row['per']:.3f} lse_c {row['lse_c']:.3f} "
+                f"offset {row['offset']:+d}  {row['mp4']}")
         lines.append(f"rollout PER {report['rollout_per']:.3f} (pooled; ground-truth audio of the same clips: "
-                     f"mean {report['rollout_per_ground_truth']:.3f})")
+                     f"mean {report['rollout_per_ground_truth']:.3f}); LSE-C {report['rollout_lse_c']:.3f}, LSE-D "
+                     f"{report['rollout_lse_d']:.3f}, offset 0 in {report['rollout_offset0']:.0%} of clips (ground truth: "
+                     f"LSE-C {report['rollout_lse_c_ground_truth']:.3f}, offset 0 in "
+                     f"{report['rollout_offset_ground_truth0']:.0%})")
     return "\n".join(lines)
 
 
