@@ -172,7 +172,7 @@ def test_rejects_bad_arguments() -> None:
         FlowMatchingSampler(4, shift=0.0)
 
 
-def test_audio_temperature_scales_only_the_audio_starting_noise() -> None:
+def test_each_temperature_scales_only_its_own_starting_noise() -> None:
     video_shape, audio_shape = shapes()
     seen = []
 
@@ -185,8 +185,13 @@ def test_audio_temperature_scales_only_the_audio_starting_noise() -> None:
     noise = shapes_noise(video_shape, audio_shape)
     FlowMatchingSampler(2, audio_temperature=0.5).sample(model, condition(), *noise)
     assert torch.equal(seen[0][0], noise[0]) and torch.equal(seen[0][1], 0.5 * noise[1])
+    seen.clear()
+    FlowMatchingSampler(2, video_temperature=0.25).sample(model, condition(), *noise)
+    assert torch.equal(seen[0][0], 0.25 * noise[0]) and torch.equal(seen[0][1], noise[1])
     with pytest.raises(ValueError, match="audio_temperature"):
         FlowMatchingSampler(2, audio_temperature=-0.1)
+    with pytest.raises(ValueError, match="video_temperature"):
+        FlowMatchingSampler(2, video_temperature=2.5)
 
 
 @pytest.mark.parametrize("kwargs, name", [({"guidance": -1.0}, "guidance"), ({"guidance": float("nan")}, "guidance"),

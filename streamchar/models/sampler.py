@@ -34,10 +34,11 @@ class ChunkVelocityModel(Protocol):
     ) -> tuple[Tensor, Tensor]: ...
 
 
-def check_audio_temperature(value: float) -> float:
-    """`value` if it is a valid ``audio_temperature`` (see ``FlowMatchingSampler``), else ValueError."""
+def check_audio_temperature(value: float, name: str = "audio_temperature") -> float:
+    """`value` if it is a valid ``audio_temperature`` or ``video_temperature`` (see ``FlowMatchingSampler``),
+    else ValueError."""
     if not 0.0 <= value <= 2.0:
-        raise ValueError(f"audio_temperature must be in [0, 2], got {value:g}")
+        raise ValueError(f"{name} must be in [0, 2], got {value:g}")
     return value
 
 
@@ -53,13 +54,14 @@ def check_guidance(value: float, name: str = "guidance") -> float:
 
 class FlowMatchingSampler:
     def __init__(self, steps: int, guidance: float = 1.0, shift: float = 1.0, audio_temperature: float = 1.0,
-                 audio_guidance: float | None = None) -> None:
+                 audio_guidance: float | None = None, video_temperature: float = 1.0) -> None:
         """steps: model evaluations (x2 batch when guided); guidance: CFG scale on the speech
         units (1 = off); audio_guidance: the audio's own CFG scale (None: `guidance`); shift > 1
         spends more steps at high noise (SD3-style time shift);
         audio_temperature scales the audio's starting noise (1: a sample of the learned distribution;
         < 1 moves it towards the distribution's centre, as the noise scale of Glow-TTS / VITS or the
-        temperature of Grad-TTS do; 0: the flow from the noise's mode, deterministic)."""
+        temperature of Grad-TTS do; 0: the flow from the noise's mode, deterministic); video_temperature: the
+        same for the video's starting noise."""
         if steps < 1:
             raise ValueError("steps must be >= 1")
         if shift <= 0:
@@ -69,6 +71,7 @@ class FlowMatchingSampler:
         self.audio_guidance = guidance if audio_guidance is None else check_guidance(audio_guidance, "audio_guidance")
         self.shift = shift
         self.audio_temperature = check_audio_temperature(audio_temperature)
+        self.video_temperature = check_audio_temperature(video_temperature, "video_temperature")
 
     def timesteps(self) -> Tensor:
         """[steps + 1] noise levels from 1 down to 0."""
@@ -107,7 +110,7 @@ class FlowMatchingSampler:
             units = torch.cat([cond["units"], torch.full_like(cond["units"], model.null_unit)])
             cond = {name: torch.cat([value, value]) for name, value in cond.items()} | {"units": units}
 
-        video, audio = video_noise, audio_noise * self.audio_temperature
+        video, audio = video_noise * self.video_temperature, audio_noise * self.audio_temperature
         rows = video.shape[0] * (2 if guided else 1)
         levels = self.timesteps().tolist()
         for t_now, t_next in itertools.pairwise(levels):

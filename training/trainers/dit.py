@@ -471,7 +471,8 @@ def _sample(sampler: FlowMatchingSampler, dit: JointAudioVideoDiT, batch: ChunkB
 def rollout(models: RendererModels, cache: LatentCache, samples: list[int], steps: int, guidance: float,
             references: list[np.ndarray], seed: int,
             audio_temperature: float = 1.0,
-            audio_guidance: float | None = None) -> list[tuple[np.ndarray, np.ndarray, Tensor, Tensor]]:
+            audio_guidance: float | None = None,
+            video_temperature: float = 1.0) -> list[tuple[np.ndarray, np.ndarray, Tensor, Tensor]]:
     """Render whole clips chunk by chunk exactly as a live session does (``RenderEngine.render_batch``:
     chunk 0 from the reference alone, then the own previous chunk as motion and chunk 0 as sink), with the
     clips' ground-truth units. Returns per clip (frames uint8 [F, H, W, 3], pcm [S], video [F, C, h, w],
@@ -483,7 +484,8 @@ def rollout(models: RendererModels, cache: LatentCache, samples: list[int], step
     outputs: list[list] = [[] for _ in samples]
     with ThreadPoolExecutor(1) as executor:
         engine = RenderEngine(models, steps, guidance, max_batch=len(samples), executor=executor,
-                              audio_temperature=audio_temperature, audio_guidance=audio_guidance)
+                              audio_temperature=audio_temperature, audio_guidance=audio_guidance,
+                              video_temperature=video_temperature)
         for k in range(max(chunks)):
             active = [i for i, n in enumerate(chunks) if k < n]
             jobs = []
@@ -520,7 +522,8 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
              split: str = "test", bundle: str | None = None, chunks: int = 64, steps: tuple[int, ...] = (32, 4),
              guidance: tuple[float, ...] = (1.0, 2.0), rollouts: int = 2, out: str | Path | None = None,
              weights: str = "ema", seed: int = 0, rows: int = 32, audio_temperature: float = 1.0,
-             prior_only: bool = False, audio_guidance: float | None = None) -> dict[str, Any]:
+             prior_only: bool = False, audio_guidance: float | None = None,
+             video_temperature: float = 1.0) -> dict[str, Any]:
     """Score a checkpoint on held-out chunks and clips (see the module docstring); prints a table, writes
     ``report.json`` (and rollout MP4s) to `out` (default ``<checkpoint>/eval-<split>``), returns the report."""
     checkpoint = Path(checkpoint)
@@ -555,7 +558,8 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
         for g in guidance:
             started = time.perf_counter()
             video, audio = _sample(FlowMatchingSampler(n, g, audio_temperature=audio_temperature,
-                                                       audio_guidance=audio_guidance), dit, batch,
+                                                       audio_guidance=audio_guidance,
+                                                       video_temperature=video_temperature), dit, batch,
                                    video_noise, audio_noise, rows)
             seconds = (time.perf_counter() - started) / chunks
             metrics = chunk_metrics(video, audio, decode_frames(models, video), batch.video, batch.audio, gt_frames)
@@ -566,7 +570,8 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
     if rollouts:
         picks = [s for s in range(len(latents)) if int(latents.num_frames[s]) // Fc >= 4][:rollouts]
         refs = [reference_image(corpus_samples[s].character, codecs.video.image_size) for s in picks]
-        rolled = rollout(models, latents, picks, steps[0], guidance[0], refs, seed, audio_temperature, audio_guidance)
+        rolled = rollout(models, latents, picks, steps[0], guidance[0], refs, seed, audio_temperature, audio_guidance,
+                         video_temperature)
         recognizer, sync = load_recognizer(RECOGNIZER), load_sync(SYNC)
         for s, (frames, pcm, video, audio) in zip(picks, rolled):
             n_frames = len(frames)
@@ -590,6 +595,7 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
 
     report = {"checkpoint": str(checkpoint), "weights": weights, "split": split, "chunks": chunks,
               "audio_temperature": audio_temperature, "audio_guidance": audio_guidance, "prior_only": prior_only,
+              "video_temperature": video_temperature,
               "first_chunk_share": float((batch.chunk_index == 0).float().mean()), "codec_psnr": codec_psnr,
               "settings": settings, "rollouts": clip_rows}
     if clip_rows:  # pooled over clips (jiwer over all phonemes), like the harness
@@ -610,6 +616,7 @@ def format_report(report: dict[str, Any]) -> str:
              f"({report['first_chunk_share']:.0%} chunk 0), ground-truth conditions; "
              f"codec ceiling PSNR {report['codec_psnr']:.2f} dB; audio temperature {report['audio_temperature']:g}"
              + (f"; audio guidance {report['audio_guidance']:g}" if report.get("audio_guidance") is not None else "")
+             + (f"; video temperature {report['video_temperature']:g}" if report.get("video_temperature", 1) != 1 else "")
              + ("; audio = the prior mean alone" if report.get("prior_only") else ""),
              f"{'steps':>5} {'cfg':>4} " + " ".join(f"{c:>17}" for c in cols) + f" {'s/chunk':>8}"]
     for row in report["settings"]:
@@ -659,6 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--audio-temperature", type=float, default=1.0, help="scales the audio's starting noise")
         parser.add_argument("--audio-guidance", type=float, default=None,
                             help="the audio's own CFG scale (default: --guidance's)")
+        parser.add_argument("--video-temperature", type=float, default=1.0, help="scales the video's starting noise")
         parser.add_argument("--prior-only", action="store_true", help="ablation: the audio is the prior mean alone")
     else:
         parser.add_argument("--config", default=None, help="TOML over the defaults")
@@ -672,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluate(args.checkpoint, args.corpus, args.cache, args.split, args.bundle, args.chunks, args.steps,
                  args.guidance, args.rollouts, args.out, args.weights, args.seed,
                  audio_temperature=args.audio_temperature, prior_only=args.prior_only,
+                 video_temperature=args.video_temperature,
                  audio_guidance=args.audio_guidance)
         return 0
     config = load_train_config(DiTTrainConfig, args.config, args.set)
