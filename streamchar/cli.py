@@ -41,6 +41,7 @@ def cmd_say(args: argparse.Namespace) -> int:
     image = _read_character(args.character)
     pipeline = Pipeline(PipelineConfig(checkpoint=args.checkpoint, dit=args.dit, steps=args.steps,
                                        guidance=args.guidance, audio_temperature=args.audio_temperature,
+                                       video_temperature=args.video_temperature,
                                        audio_guidance=args.audio_guidance, seed=args.seed))
     bar = tqdm(total=len(args.text), unit="char", desc="speaking", disable=args.quiet)
 
@@ -304,6 +305,7 @@ def _sampler_float(check: str, what: str):
 
 
 _audio_temperature = _sampler_float("check_audio_temperature", "the audio temperature must be in [0, 2]")
+_video_temperature = _sampler_float("check_audio_temperature", "the video temperature must be in [0, 2]")
 _guidance = _sampler_float("check_guidance", "a CFG scale must be in [0, 10]")
 
 
@@ -323,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--steps", type=_sampler_steps, default=4)
     say.add_argument("--guidance", type=_guidance, default=1.0)
     say.add_argument("--audio-temperature", type=_audio_temperature, default=1.0, help="scales the audio's starting noise")
+    say.add_argument("--video-temperature", type=_video_temperature, default=1.0, help="scales the video's starting noise")
     say.add_argument("--audio-guidance", type=_guidance, default=None, help="the audio's own CFG scale (default: --guidance)")
     say.add_argument("--seed", type=int, default=1)
     say.add_argument("--threads", type=int, default=2)

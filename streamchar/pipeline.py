@@ -32,6 +32,7 @@ class PipelineConfig:
     steps: int = 4
     guidance: float = 1.0
     audio_temperature: float = 1.0
+    video_temperature: float = 1.0
     audio_guidance: float | None = None  # the audio's own CFG scale; None: guidance
     sink: bool = True
     seed: int = 0
@@ -72,7 +73,8 @@ class Pipeline:
             OrchestratorProtocol(vocab, time_base.frames_per_chunk, config.protocol))
         self.render_engine = RenderEngine(self.renderer_models, config.steps, config.guidance, 1, self._render_executor,
                                           sink=config.sink, audio_temperature=config.audio_temperature,
-                                          audio_guidance=config.audio_guidance)
+                                          audio_guidance=config.audio_guidance,
+                                          video_temperature=config.video_temperature)
         self.session_renderer = SessionRenderer(self.store, self.render_engine)
 
     async def close(self) -> None:

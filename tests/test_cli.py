@@ -46,6 +46,7 @@ def test_say_rejects_a_missing_character_image(tmp_path):
 @pytest.mark.parametrize("flag, value, message", [("--audio-temperature", "5", "audio temperature must be in [0, 2]"),
                                                   ("--steps", "0", "sampler steps must be >= 1"),
                                                   ("--guidance", "-1", "a CFG scale must be in [0, 10]"),
+                                                  ("--video-temperature", "3", "video temperature must be in [0, 2]"),
                                                   ("--audio-guidance", "nan", "a CFG scale must be in [0, 10]")])
 def test_say_refuses_bad_sampler_settings_before_loading_anything(tmp_path, flag, value, message):
     proc = subprocess.run([sys.executable, "-m", "streamchar", "say", "Hi.", flag, value, "-o", str(tmp_path / "x.mp4")],

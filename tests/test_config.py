@@ -34,6 +34,7 @@ def test_nested_sections_from_file_and_env(tmp_path):
     ("steps = [", {}, "cannot read config file"),
     ("guidance = 11.0\n", {}, "guidance must be in [0, 10]"),
     ("", {"STREAMCHAR_AUDIO_GUIDANCE": "-0.5"}, "audio_guidance must be in [0, 10]"),
+    ("video_temperature = 3.0\n", {}, "video_temperature must be in [0, 2]"),
 ])
 def test_mistakes_are_errors(tmp_path, content, env, message):
     path = tmp_path / "c.toml"

@@ -68,6 +68,7 @@ class RendererConfig:
     # Scales the audio's starting noise (FlowMatchingSampler): the teacher with the audio prior speaks
     # most clearly at 0 (docs/eval/teacher/dit.md)
     audio_temperature: float = 1.0
+    video_temperature: float = 1.0  # the video's starting noise scale (docs/eval/teacher/dit.md)
     # The audio's own CFG scale (None: guidance). The prior teacher's audio is clearest unguided (1) while
     # its video keeps guidance 3 (docs/eval/teacher/dit.md).
     audio_guidance: float | None = None
@@ -86,6 +87,7 @@ class RendererConfig:
         if self.steps < 1 or self.max_batch < 1 or self.window < 1:
             raise ValueError("steps, max_batch and window must be >= 1")
         check_audio_temperature(self.audio_temperature)
+        check_audio_temperature(self.video_temperature, "video_temperature")
         check_guidance(self.guidance)
         if self.audio_guidance is not None:
             check_guidance(self.audio_guidance, "audio_guidance")
@@ -272,15 +274,16 @@ async def start(config: RendererConfig) -> RunningServer:
     except (ValueError, FileNotFoundError) as e:
         raise RuntimeError(f"renderer: {e}") from None
     logging.getLogger(__name__).info("renderer models loaded (%s, DiT %s) on %s, %d steps, guidance %.2f, "
-                                     "audio temperature %.2f, audio guidance %s%s",
+                                     "audio temperature %.2f, audio guidance %s, video temperature %.2f%s",
                                      "trained" if models.trained else "UNTRAINED random init", config.dit,
                                      models.device, config.steps, config.guidance, config.audio_temperature,
                                      "as video" if config.audio_guidance is None else f"{config.audio_guidance:.2f}",
-                                     "" if config.sink else ", no sink")
+                                     config.video_temperature, "" if config.sink else ", no sink")
     store = open_store(config.store_url, config.session_ttl_seconds)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render-engine")
     engine = RenderEngine(models, config.steps, config.guidance, config.max_batch, executor, sink=config.sink,
-                          audio_temperature=config.audio_temperature, audio_guidance=config.audio_guidance)
+                          audio_temperature=config.audio_temperature, audio_guidance=config.audio_guidance,
+                          video_temperature=config.video_temperature)
     channel = grpc.aio.insecure_channel(config.orchestrator_address, options=channel_options())
     service = RendererService(config, store, SessionRenderer(store, engine),
                               orchestrator_pb2_grpc.OrchestratorStub(channel))
