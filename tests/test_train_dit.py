@@ -189,6 +189,26 @@ def test_draws_mix_first_chunks_and_silence_units(latents: LatentCache, codecs: 
     assert torch.equal(sampler.gather(batch.sample_index, batch.chunk_index).cond.units, latents.units[frames])
 
 
+def test_motion_noise_perturbs_only_the_training_draws_motion(latents: LatentCache, codecs: Codecs) -> None:
+    silence = dit_config(codecs).silence_unit
+    clean = ChunkSampler(latents, silence, ChunkSamplingConfig(first_chunk_prob=0.25), TB)
+    noisy = ChunkSampler(latents, silence, ChunkSamplingConfig(first_chunk_prob=0.25, motion_noise=0.5), TB)
+    batch = noisy.draw(400, torch.Generator().manual_seed(0))
+    truth = clean.gather(batch.sample_index, batch.chunk_index)  # no generator: evaluation, clean context
+    later = batch.cond.has_motion
+    assert later.any() and (~later).any()
+    for key in ("motion_video", "motion_audio"):
+        got, want = getattr(batch.cond, key), getattr(truth.cond, key)
+        assert torch.equal(got[~later], torch.zeros_like(got[~later]))  # chunk 0 still has no motion
+        err = (got - want)[later].flatten(1).std(dim=1)  # per row: its drawn level, uniform in [0, 0.5]
+        assert 0.2 < float(err.mean()) < 0.3 and float(err.max()) < 0.55 and float(err.min()) < 0.05
+    # the rest of the conditions and the targets are the clean ones
+    assert torch.equal(batch.video, truth.video) and torch.equal(batch.cond.sink_video, truth.cond.sink_video)
+    assert torch.equal(noisy.gather(batch.sample_index, batch.chunk_index).cond.motion_video, truth.cond.motion_video)
+    with pytest.raises(ValueError, match="motion_noise"):
+        ChunkSamplingConfig(motion_noise=-0.1)
+
+
 # ---- objective ------------------------------------------------------------------------------------
 
 class OracleDiT(nn.Module):

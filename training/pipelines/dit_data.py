@@ -23,7 +23,12 @@ the DiT for chunk k: the chunk's units, the reference latent, and for k > 0 the 
 k-1's last Fm frames, video and audio, and its units, which a DiT's audio prior reads) and the sink (chunk 0's
 latents), flagged by has_motion/has_sink;
 for k = 0 those tensors are zeros and the flags False. The context is ground truth here; exposing the
-model to its own outputs is the distillation stage's job. Chunk 0 is drawn with probability
+model to its own outputs is the distillation stage's job. What the teacher can be given instead is
+``motion_noise``: each training row's motion latents (video and audio) get Gaussian noise of a standard
+deviation drawn uniformly in [0, motion_noise] (the latents have unit variance; successive frames differ
+by ~0.1). A live session's motion frames are the model's own, never exactly the corpus's; trained only
+on clean ones, the teacher copies them and its mouth stops following the units in its own rollouts
+(docs/eval/teacher/dit.md, "Lip sync"). Evaluation draws (no generator) stay clean. Chunk 0 is drawn with probability
 ``first_chunk_prob`` (every session starts there, but a clip has ~19 chunks, so uniform draws would see
 it ~5 % of the time); other draws are uniform over all chunks with k > 0. A partial last chunk (the clip
 ends mid-chunk) is skipped, never padded: padding would invent frames the corpus does not have.
@@ -308,10 +313,13 @@ class ChunkSamplingConfig:
     first_chunk_prob: float = 0.2  # share of draws that are a session's chunk 0 (no sink, no motion)
     silence_unit_prob: float = 0.5  # a digitally silent frame's unit becomes the silence unit K
     silence_rms: float = 1e-3  # waveform RMS below which a frame counts as silent (-60 dBFS)
+    motion_noise: float = 0.0  # training rows' motion latents + N(0, s^2), s ~ U[0, motion_noise] per row
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.first_chunk_prob <= 1.0 and 0.0 <= self.silence_unit_prob <= 1.0):
             raise ValueError("first_chunk_prob and silence_unit_prob must be in [0, 1]")
+        if not 0.0 <= self.motion_noise <= 10.0:
+            raise ValueError(f"motion_noise must be in [0, 10] (a standard deviation), got {self.motion_noise}")
 
 
 def chunk_frames(start: Tensor, frames_per_chunk: int) -> tuple[Tensor, Tensor]:
@@ -329,6 +337,15 @@ def silence_units(units: Tensor, rms: Tensor, silence_unit: int, config: ChunkSa
         return units
     coin = torch.rand(units.shape, generator=generator) < config.silence_unit_prob
     return torch.where(coin & (rms < config.silence_rms), silence_unit, units)
+
+
+def noise_motion(video: Tensor, audio: Tensor, max_std: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Motion latents video [B, Fm, ...] and audio [B, Mm, Ca] plus Gaussian noise whose standard deviation,
+    one per row shared by both, is drawn uniformly in [0, max_std]."""
+    std = torch.rand(video.shape[0], generator=generator) * max_std  # [B]
+    noisy_video = video + std.view(-1, *[1] * (video.dim() - 1)) * torch.randn(video.shape, generator=generator)
+    noisy_audio = audio + std.view(-1, *[1] * (audio.dim() - 1)) * torch.randn(audio.shape, generator=generator)
+    return noisy_video, noisy_audio
 
 
 class ChunkSampler:
@@ -392,6 +409,9 @@ class ChunkSampler:
         if generator is not None:
             units = silence_units(units, c.rms[frames], self.silence_unit, self.config, generator)
             previous_units = silence_units(previous_units, c.rms[previous], self.silence_unit, self.config, generator)
+            if self.config.motion_noise > 0:
+                motion_video, motion_audio = noise_motion(motion_video, motion_audio, self.config.motion_noise,
+                                                          generator)
         cond = ChunkConditions(units=units, ref_video=c.ref[sample].float(),
                                sink_video=hide(sink_video), sink_audio=hide(sink_audio),
                                motion_video=hide(motion_video), motion_audio=hide(motion_audio),
