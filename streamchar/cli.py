@@ -275,7 +275,7 @@ def cmd_samples(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     videos = render_samples(args.out, args.count, args.checkpoint, args.steps, args.guidance, dit=args.dit,
-                            audio_temperature=args.audio_temperature)
+                            audio_temperature=args.audio_temperature, audio_guidance=args.audio_guidance)
     for v in videos:
         print(f"{v.path} ({len(v.frames)} frames): {v.text}")
     print(f"{Path(args.out) / 'contact_sheet.png'}")
@@ -444,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("--steps", type=_sampler_steps, default=4)
     samples.add_argument("--guidance", type=_guidance, default=1.0)
     samples.add_argument("--audio-temperature", type=_audio_temperature, default=1.0, help="scales the audio's starting noise")
+    samples.add_argument("--audio-guidance", type=_guidance, default=None, help="the audio's own CFG scale (default: --guidance)")
     samples.add_argument("--threads", type=int, default=2)
     samples.set_defaults(func=cmd_samples)
 

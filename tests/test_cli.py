@@ -53,6 +53,23 @@ def test_say_refuses_bad_sampler_settings_before_loading_anything(tmp_path, flag
                           cwd=ROOT, env=service_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
+def test_samples_renders_held_out_characters_with_their_settings(tmp_path):
+    out = tmp_path / "samples"
+    proc = subprocess.run([sys.executable, "-m", "streamchar", "samples", "--count", "1", "--out", str(out),
+                           "--audio-guidance", "1.5"], cwd=ROOT, env=service_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    videos = sorted(out.glob("sample-0-identity-*.mp4"))
+    assert len(videos) == 1 and (out / "contact_sheet.png").stat().st_size > 0
+    frames, _, info = decode_mp4(videos[0].read_bytes())
+    assert info["video_streams"] == 1 and info["audio_streams"] == 1 and frames.shape[0] % TB.frames_per_chunk == 0
+    readme = (out / "README.md").read_text()
+    assert "guidance 1 (audio 1.5)" in readme and videos[0].name in readme
+    bad = subprocess.run([sys.executable, "-m", "streamchar", "samples", "--audio-guidance", "nan", "--out",
+                          str(tmp_path / "x")], cwd=ROOT, env=service_env(), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "a CFG scale must be in [0, 10]" in bad.stderr
+
+
 @pytest.mark.asyncio
 async def test_cli_client_streams_through_a_running_gateway(stack, tmp_path):
     out = tmp_path / "client.mp4"
