@@ -305,3 +305,72 @@ def test_a_context_prior_reads_the_previous_chunks_last_units_only_when_there_is
         run(model, dict(inputs, previous_units=previous, audio_prior=base))
     with pytest.raises(ValueError, match="prior_context"):
         JointDiTConfig(prior_context=2)
+
+
+# ---- the video prior ------------------------------------------------------------------------------
+
+VIDEO_PRIOR_CONFIG = JointDiTConfig(width=32, depth=2, num_heads=2, num_units=10, video_prior_layers=2,
+                                    video_prior_width=16)
+
+
+def video_prior_inputs(inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    return (inputs["units"], None, None, inputs["ref_video"], inputs["motion_video"], inputs["has_motion"])
+
+
+def test_an_unfitted_video_prior_predicts_the_context_frame() -> None:
+    """Zero output: every frame's mean is the last motion frame, or the reference without motion."""
+    model = JointAudioVideoDiT(VIDEO_PRIOR_CONFIG).eval()
+    inputs = make_inputs(VIDEO_PRIOR_CONFIG, batch=2)
+    inputs["has_motion"] = torch.tensor([True, False])
+    with torch.no_grad():
+        mean = model.video_prior_mean(*video_prior_inputs(inputs))
+    Fc = VIDEO_PRIOR_CONFIG.frames_per_chunk
+    assert mean.shape == inputs["video_noisy"].shape
+    assert torch.equal(mean[0], inputs["motion_video"][0, -1].expand(Fc, -1, -1, -1))
+    assert torch.equal(mean[1], inputs["ref_video"][1].expand(Fc, -1, -1, -1))
+    assert JointAudioVideoDiT(CONFIG).video_prior_mean(*video_prior_inputs(inputs)) is None
+
+
+def test_the_video_prior_follows_each_frames_units_and_the_dit_sees_it() -> None:
+    model = randomized_model(VIDEO_PRIOR_CONFIG)
+    inputs = make_inputs(VIDEO_PRIOR_CONFIG)
+    with torch.no_grad():
+        mean = model.video_prior_mean(*video_prior_inputs(inputs))
+        changed = dict(inputs, units=inputs["units"].clone())
+        changed["units"][0, 0] = (changed["units"][0, 0] + 1) % VIDEO_PRIOR_CONFIG.num_units
+        other = model.video_prior_mean(*video_prior_inputs(changed))
+    assert torch.equal(other[1], mean[1])  # rows are independent
+    assert not torch.equal(other[0, 0], mean[0, 0])  # the frame's own unit moves its mean
+    # two 5-wide unit convolutions reach 4 frames: the chunk's last frame does not hear its first unit
+    assert torch.equal(other[0, -1], mean[0, -1])
+    rows, cols = VIDEO_PRIOR_CONFIG.video_prior_cells  # outside its box the mean is the context frame
+    outside = torch.ones(mean.shape[-2:], dtype=torch.bool)
+    outside[rows, cols] = False
+    context = inputs["motion_video"][:, -1:].expand_as(mean)
+    assert torch.equal(mean[..., outside], context[..., outside]) and not torch.equal(mean, context)
+    with pytest.raises(ValueError, match="video_prior is required"):
+        run(model, inputs)
+    video, _ = run(model, dict(inputs, video_prior=mean))
+    assert not torch.equal(run(model, dict(inputs, video_prior=mean + 1))[0], video)  # the noisy tokens see it
+    with pytest.raises(ValueError, match="no video prior"):
+        run(randomized_model(CONFIG), dict(make_inputs(CONFIG), video_prior=mean))
+    with pytest.raises(ValueError, match="video_prior"):
+        JointDiTConfig(video_prior_layers=1, video_prior_width=12)
+    with pytest.raises(ValueError, match="video_prior_box"):
+        JointDiTConfig(video_prior_layers=1, video_prior_box=(0.5, 0.5, 0.6, 0.2))
+
+
+def test_a_video_prior_dit_warm_started_from_a_plain_one_starts_as_it(tmp_path) -> None:
+    from training.trainers.runtime import warm_start
+
+    plain = randomized_model(CONFIG)
+    save_module(plain, plain.config, tmp_path)
+    torch.manual_seed(3)
+    model = JointAudioVideoDiT(dataclasses.replace(CONFIG, video_prior_layers=1, video_prior_width=16)).eval()
+    report = warm_start(model, tmp_path)
+    assert report["fresh"] and all(name.startswith(("video_prior.", "video_prior_embed.")) for name in report["fresh"])
+    inputs = make_inputs(CONFIG)
+    with torch.no_grad():
+        mean = model.video_prior_mean(*video_prior_inputs(inputs))
+    for a, b in zip(run(plain, inputs), run(model, dict(inputs, video_prior=mean))):
+        torch.testing.assert_close(a, b)

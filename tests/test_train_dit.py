@@ -267,6 +267,14 @@ def test_with_a_prior_the_audio_target_is_the_residual(latents: LatentCache, cod
     loss, metrics = flow_matching_loss(ResidualOracle(batch.video, batch.audio - prior), batch.video, batch.audio,
                                        batch.cond, noise, config)
     assert metrics["loss_audio"] > 0.1
+    # a video prior: the video target is the residual over it, as the audio one
+    video_prior = torch.randn(batch.video.shape, generator=torch.Generator().manual_seed(4))
+    loss, metrics = flow_matching_loss(ResidualOracle(batch.video - video_prior, batch.audio - prior), batch.video,
+                                       batch.audio, batch.cond, noise, config, prior, video_prior)
+    assert float(loss) < 1e-8 and torch.equal(seen["video_prior"], video_prior)
+    loss, metrics = flow_matching_loss(ResidualOracle(batch.video - video_prior, batch.audio - prior), batch.video,
+                                       batch.audio, batch.cond, noise, config, prior)
+    assert metrics["loss_video"] > 0.1 and metrics["loss_audio"] < 1e-8
 
 
 def test_mouth_weight_shifts_the_video_term_onto_the_mouth_box(latents: LatentCache, codecs: Codecs) -> None:
@@ -349,14 +357,16 @@ def test_torchrun_two_ranks_train_export_and_resume(corpus: Path, cache: Path, t
             "model.width=64", "model.depth=1", "model.num_heads=2",
             "run.batch_size=2", "run.log_every=1", "run.checkpoint_every=100", "run.warmup_steps=2",
             "prior.steps=3", "prior.batch_size=4",  # the config's audio prior, fitted first,
-            f"prior.extra_corpora={corpus}"]  # its speech from a corpus's audio alone (here the same clips)
+            f"prior.extra_corpora={corpus}",  # its speech from a corpus's audio alone (here the same clips)
+            "model.video_prior_layers=1", "model.video_prior_width=16",  # and a video prior, fitted too
+            "video_prior.steps=3", "video_prior.batch_size=4"]
 
     def run(steps: int) -> str:
         return torchrun("training.trainers.dit", ROOT / "training" / "configs" / "dit_tiny.toml",
                         [*base, f"run.steps={steps}"], timeout=240)
 
     log = run(3)
-    assert "dit prior: step 3/3" in log and "prior cache" in log
+    assert "dit prior: step 3/3" in log and "prior cache" in log and "dit video prior: step 3/3" in log
     ranks = json.loads((out / "ranks.json").read_text())
     assert ranks["step"] == 3 and len(ranks["digests"]) == 2 and len(set(ranks["digests"])) == 1
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-0000003"
@@ -364,7 +374,7 @@ def test_torchrun_two_ranks_train_export_and_resume(corpus: Path, cache: Path, t
     first_export = (out / "export" / "dit" / "model.safetensors").read_bytes()
 
     log = run(5)
-    assert "resumed from" in log and "at step 3" in log and "dit prior:" not in log  # fitted once
+    assert "resumed from" in log and "at step 3" in log and "prior:" not in log  # both fitted once
     ranks = json.loads((out / "ranks.json").read_text())
     assert ranks["step"] == 5 and len(set(ranks["digests"])) == 1
     history = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -373,7 +383,9 @@ def test_torchrun_two_ranks_train_export_and_resume(corpus: Path, cache: Path, t
 
     renderer = load_renderer(out / "export")
     assert renderer.trained and (renderer.dit.config.width, renderer.dit.config.depth) == (64, 1)
-    assert int(renderer.dit.prior.fitted_steps) == 3  # the EMA export holds the fitted prior
+    assert int(renderer.dit.prior.fitted_steps) == 3  # the EMA export holds the fitted priors
+    assert int(renderer.dit.video_prior.fitted_steps) == 3
+    assert renderer.dit.video_prior.out.weight.abs().sum() > 0  # fitted: no longer the zero init
     assert json.loads((out / "export" / "bundle.json").read_text())["training"]["dit"]["steps"] == 5
 
 
@@ -417,7 +429,7 @@ def test_warm_start_from_an_export_fills_the_dit_and_its_ema(tmp_path: Path) -> 
 
 
 def test_the_prior_only_ablation_speaks_exactly_the_prior_mean() -> None:
-    from training.trainers.dit import PriorOnlyAudio
+    from training.trainers.dit import PriorOnly
 
     config = dataclasses.replace(PRESETS["tiny"], num_units=5, width=32, depth=1, num_heads=2, prior_layers=1)
     torch.manual_seed(0)
@@ -432,14 +444,42 @@ def test_the_prior_only_ablation_speaks_exactly_the_prior_mean() -> None:
             "motion_video": torch.zeros(2, 2, C, h, h), "motion_audio": torch.zeros(2, 2 * m, Ca),
             "has_sink": torch.zeros(2, dtype=torch.bool), "has_motion": torch.zeros(2, dtype=torch.bool)}
     noise = torch.randn(2, Fc, C, h, h, generator=g), torch.randn(2, Fc * m, Ca, generator=g)
-    video, audio = FlowMatchingSampler(4, guidance=3.0).sample(PriorOnlyAudio(dit), cond, *noise)
+    video, audio = FlowMatchingSampler(4, guidance=3.0).sample(PriorOnly(dit), cond, *noise)
     with torch.no_grad():
         torch.testing.assert_close(audio, dit.prior_mean(cond["units"]), atol=1e-5, rtol=1e-5)
     full_video, full_audio = FlowMatchingSampler(4, guidance=3.0).sample(dit, cond, *noise)
     assert not torch.allclose(full_audio, audio)  # the DiT's own residual is not zero
     assert video.shape == full_video.shape
     with pytest.raises(ValueError, match="prior"):
-        PriorOnlyAudio(JointAudioVideoDiT(dataclasses.replace(config, prior_layers=0)))
+        PriorOnly(JointAudioVideoDiT(dataclasses.replace(config, prior_layers=0)))
+    with pytest.raises(ValueError, match="video prior"):
+        PriorOnly(dit, audio=False, video=True)
+
+
+def test_the_video_prior_only_ablation_shows_exactly_the_video_prior_mean() -> None:
+    from training.trainers.dit import PriorOnly
+
+    config = dataclasses.replace(PRESETS["tiny"], num_units=5, width=32, depth=1, num_heads=2, prior_layers=1,
+                                 video_prior_layers=1, video_prior_width=16)
+    torch.manual_seed(0)
+    dit = JointAudioVideoDiT(config).eval()
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.normal_(0.0, 0.1)
+    g = torch.Generator().manual_seed(1)
+    Fc, m, Ca, C, h = config.frames_per_chunk, config.mel_per_frame, config.audio_channels, config.video_channels, config.video_latent_size
+    cond = {"units": torch.randint(0, 5, (2, Fc), generator=g), "ref_video": torch.randn(2, C, h, h, generator=g),
+            "sink_video": torch.zeros(2, Fc, C, h, h), "sink_audio": torch.zeros(2, Fc * m, Ca),
+            "motion_video": torch.randn(2, 2, C, h, h, generator=g), "motion_audio": torch.zeros(2, 2 * m, Ca),
+            "has_sink": torch.zeros(2, dtype=torch.bool), "has_motion": torch.tensor([True, False])}
+    noise = torch.randn(2, Fc, C, h, h, generator=g), torch.randn(2, Fc * m, Ca, generator=g)
+    video, audio = FlowMatchingSampler(4, guidance=3.0).sample(PriorOnly(dit, audio=False, video=True), cond, *noise)
+    with torch.no_grad():
+        mean = dit.video_prior_mean(cond["units"], None, None, cond["ref_video"], cond["motion_video"], cond["has_motion"])
+    torch.testing.assert_close(video, mean, atol=1e-5, rtol=1e-5)
+    full_video, full_audio = FlowMatchingSampler(4, guidance=3.0).sample(dit, cond, *noise)
+    assert not torch.allclose(full_video, video)  # the DiT's own video residual is not zero
+    assert audio.shape == full_audio.shape  # the DiT's in both (not equal: it is denoised with the video)
 
 
 

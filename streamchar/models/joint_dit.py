@@ -52,6 +52,15 @@ class JointDiTConfig:
     # Frames of the previous chunk's units the prior reads in front of the chunk's own (0: none). They
     # are known when a chunk is rendered (the session keeps them), unlike the next chunk's.
     prior_context: int = 0
+    # Video prior (0: none). With L > 0 blocks, a small convolutional network maps the chunk's units and
+    # its image context (the last motion frame, else the reference) to a mean of each frame's video
+    # latents, and the chunk's video is denoised as the residual over that mean (see VideoPrior). It
+    # reads the previous chunk's units too when prior_context > 0.
+    video_prior_layers: int = 0
+    video_prior_width: int = 32
+    # (top, left, height, width), fractions of the frame: where the video prior works (mouth, lips, jaw, with
+    # room for head motion); outside it the mean is the context frame. Rounded outwards onto the latent grid.
+    video_prior_box: tuple[float, ...] = (0.375, 0.1875, 0.5, 0.625)
 
     def __post_init__(self) -> None:
         if self.video_latent_size % self.patch_size:
@@ -67,6 +76,20 @@ class JointDiTConfig:
         if not 0 <= self.prior_context <= self.frames_per_chunk or (self.prior_context and not self.prior_layers):
             raise ValueError(f"prior_context must be in [0, frames_per_chunk = {self.frames_per_chunk}] "
                              "and needs prior_layers > 0")
+        if self.video_prior_layers < 0 or self.video_prior_width < 8 or self.video_prior_width % 8:
+            raise ValueError("need video_prior_layers >= 0 and video_prior_width a multiple of 8 (>= 8)")
+        object.__setattr__(self, "video_prior_box", tuple(float(v) for v in self.video_prior_box))
+        top, left, height, width = self.video_prior_box if len(self.video_prior_box) == 4 else (-1, -1, 0, 0)
+        if not (0 <= top < 1 and 0 <= left < 1 and 0 < height <= 1 - top + 1e-9 and 0 < width <= 1 - left + 1e-9):
+            raise ValueError(f"video_prior_box (top, left, height, width) {self.video_prior_box} is not inside the frame")
+
+    @property
+    def video_prior_cells(self) -> tuple[slice, slice]:
+        """(rows, columns) of the latent grid the video prior works on: its box, rounded outwards."""
+        top, left, height, width = self.video_prior_box
+        n = self.video_latent_size
+        return (slice(math.floor(top * n), math.ceil((top + height) * n - 1e-9)),
+                slice(math.floor(left * n), math.ceil((left + width) * n - 1e-9)))
 
     @property
     def patches_per_frame(self) -> int:
@@ -229,6 +252,85 @@ class AudioPrior(nn.Module):
         return y.reshape(units.shape[0], Fc * self.mel_per_frame, self.audio_channels)
 
 
+class VideoPrior(nn.Module):
+    """The chunk's units and image context -> a mean of its video latents, frame by frame: the starting
+    point the DiT's video refines, as :class:`AudioPrior` is for the audio.
+
+    Given the true units the tiny DiT learns how much the mouth moves but not when (docs/eval/teacher/dit.md):
+    a mouth shape is a function of the phonemes around its frame, which a deterministic regression learns
+    directly. It works inside ``video_prior_box`` (mouth and jaw) only; outside, the mean is the context frame.
+    The units (with the previous chunk's last ``prior_context``, as the audio prior reads them)
+    run through residual 1-D convolutions over time to one code per frame; the image context (the last
+    motion frame when there is one, else the reference image, plus the reference image) through a 3x3
+    convolution to a feature map; each frame's map is then modulated by its code (FiLM, in every block) and
+    residual 3x3 convolutions turn it into a change of the context frame, so the mean is
+    ``context + change`` and where the units say nothing (pose, blinks) it stays the context. The output
+    convolution starts at zero, so an unfitted prior predicts the context frame. Fitted before the DiT
+    trains and frozen while it does (training/trainers/dit.py).
+    """
+
+    def __init__(self, config: JointDiTConfig) -> None:
+        super().__init__()
+        c = config
+        W = c.video_prior_width
+        self.context = c.prior_context
+        self.pad_unit = c.num_units + 2
+        self.embed = nn.Embedding(c.num_units + 3, W)
+        self.unit_convs = nn.ModuleList([nn.Conv1d(W, W, 5, padding=2) for _ in range(2)])
+        self.rows, self.cols = c.video_prior_cells
+        self.image_in = nn.Conv2d(2 * c.video_channels, W, 3, padding=1)
+        self.position = nn.Parameter(torch.zeros(W, self.rows.stop - self.rows.start, self.cols.stop - self.cols.start))
+        self.films = nn.ModuleList([nn.Linear(W, 2 * W) for _ in range(c.video_prior_layers)])
+        self.convs = nn.ModuleList([nn.Conv2d(W, W, 3, padding=1) for _ in range(c.video_prior_layers)])
+        self.norms = nn.ModuleList([nn.GroupNorm(8, W) for _ in range(c.video_prior_layers)])
+        self.out = nn.Conv2d(W, c.video_channels, 3, padding=1)
+        self.register_buffer("fitted_steps", torch.zeros((), dtype=torch.long))  # as AudioPrior's
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Small embeddings; zero FiLM (every frame starts as the context's features) and zero output."""
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.position, std=0.02)
+        for film in self.films:
+            nn.init.zeros_(film.weight)
+            nn.init.zeros_(film.bias)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, units: Tensor, previous_units: Tensor | None, has_previous: Tensor | None,
+                ref_video: Tensor, motion_video: Tensor, has_motion: Tensor) -> Tensor:
+        """units [B, F], previous_units [B, F], has_previous [B] (read with ``prior_context`` > 0),
+        ref_video [B, C, h, w], motion_video [B, Fm, C, h, w], has_motion [B] -> video latent mean
+        [B, F, C, h, w]."""
+        B, Fc = units.shape
+        if self.context:
+            if previous_units is None or has_previous is None:
+                raise ValueError("this prior reads the previous chunk's units: pass previous_units and has_previous")
+            previous = previous_units[:, -self.context:]
+            previous = torch.where(has_previous.bool()[:, None], previous, torch.full_like(previous, self.pad_unit))
+            units = torch.cat([previous, units], dim=1)  # [B, P + F]
+        z = self.embed(units).transpose(1, 2)  # [B, W, P + F]
+        for conv in self.unit_convs:
+            z = z + F.gelu(conv(z))
+        z = z[:, :, -Fc:].transpose(1, 2).reshape(B * Fc, -1)  # [B*F, W]
+        base = torch.where(has_motion.bool().view(-1, 1, 1, 1), motion_video[:, -1], ref_video)  # [B, C, h, w]
+        window = torch.cat([base, ref_video], dim=1)[:, :, self.rows, self.cols]  # [B, 2C, h', w'] the box
+        image = self.image_in(window) + self.position  # [B, W, h', w']
+        x = image.repeat_interleave(Fc, dim=0)  # [B*F, W, h', w']
+        for film, conv, norm in zip(self.films, self.convs, self.norms):
+            scale, shift = film(z).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+            x = x + conv(F.gelu(modulate_map(norm(x), shift, scale)))
+        change = self.out(F.gelu(x)).reshape(B, Fc, base.shape[1], *x.shape[-2:])
+        rows, cols = self.rows, self.cols
+        full = F.pad(change, (cols.start, base.shape[-1] - cols.stop, rows.start, base.shape[-2] - rows.stop))
+        return base[:, None] + full
+
+
+def modulate_map(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """FiLM on a feature map: x [N, W, h, w], shift/scale [N, W, 1, 1]."""
+    return x * (1 + scale) + shift
+
+
 class JointAudioVideoDiT(nn.Module):
     """Single-stream DiT: both modalities share every block; embeddings tell them apart."""
 
@@ -253,6 +355,9 @@ class JointAudioVideoDiT(nn.Module):
         # also see (zero-initialised projection: a warm start from a DiT without a prior starts as it).
         self.prior = AudioPrior(c) if c.prior_layers else None
         self.prior_embed = nn.Linear(c.audio_channels, D) if c.prior_layers else None
+        # The same for the video: residual over the video prior's mean, which the noisy video tokens see.
+        self.video_prior = VideoPrior(c) if c.video_prior_layers else None
+        self.video_prior_embed = nn.Linear(c.video_channels * c.patch_size**2, D) if c.video_prior_layers else None
 
         # Token layout: video [noisy F | motion Fm | sink F | ref 1] frames of T patches each,
         # then audio [noisy M | motion Mm | sink M] mel frames. Derived from the config, so the
@@ -319,6 +424,10 @@ class JointAudioVideoDiT(nn.Module):
             nn.init.normal_(self.prior.embed.weight, std=0.02)
             nn.init.zeros_(self.prior_embed.weight)
             nn.init.zeros_(self.prior_embed.bias)
+        if self.video_prior is not None:
+            self.video_prior.reset_parameters()  # after _basic_init, which would undo its zero output
+            nn.init.zeros_(self.video_prior_embed.weight)
+            nn.init.zeros_(self.video_prior_embed.bias)
 
     def prior_mean(self, units: Tensor, previous_units: Tensor | None = None,
                    has_previous: Tensor | None = None) -> Tensor | None:
@@ -327,6 +436,14 @@ class JointAudioVideoDiT(nn.Module):
         it back to :meth:`forward` as ``audio_prior``, with the noisy audio as a residual over it;
         computed from the real units, never the CFG-dropped ones."""
         return None if self.prior is None else self.prior(units, previous_units, has_previous)
+
+    def video_prior_mean(self, units: Tensor, previous_units: Tensor | None, has_previous: Tensor | None,
+                         ref_video: Tensor, motion_video: Tensor, has_motion: Tensor) -> Tensor | None:
+        """[B, F, C, h, w] video prior mean of the real units and the image context (see VideoPrior), or
+        None for a DiT without one; passed back to :meth:`forward` as ``video_prior``."""
+        if self.video_prior is None:
+            return None
+        return self.video_prior(units, previous_units, has_previous, ref_video, motion_video, has_motion)
 
     def drop_units_for_cfg(self, units: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
         """[B, F] -> [B, F]: each sample's units become all-null with probability p (CFG dropout).
@@ -380,6 +497,7 @@ class JointAudioVideoDiT(nn.Module):
         has_motion: Tensor,
         previous_units: Tensor | None = None,
         audio_prior: Tensor | None = None,
+        video_prior: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Predict the flow-matching velocity (noise - x0) of the chunk's video and audio latents.
 
@@ -392,6 +510,8 @@ class JointAudioVideoDiT(nn.Module):
         so a chunk's conditions pass as one mapping).
         audio_prior [B, M, Ca]: with a prior (``prior_layers`` > 0, required then), :meth:`prior_mean` of
         the real units; audio_noisy and the audio x0 are then residuals over it (context audio is not).
+        video_prior [B, F, C, h, w]: the same for the video (``video_prior_layers`` > 0,
+        :meth:`video_prior_mean`); video_noisy and the video x0 are then residuals over it.
         Returns (video_velocity [B, F, C, h, w], audio_velocity [B, M, Ca]).
         """
         c = self.config
@@ -406,6 +526,9 @@ class JointAudioVideoDiT(nn.Module):
         if (audio_prior is None) != (self.prior is None):
             raise ValueError("audio_prior is required by a DiT with a prior and refused by one without"
                              if self.prior is not None else "this DiT has no prior: pass no audio_prior")
+        if (video_prior is None) != (self.video_prior is None):
+            raise ValueError("video_prior is required by a DiT with a video prior and refused by one without"
+                             if self.video_prior is not None else "this DiT has no video prior: pass no video_prior")
         if self.training and c.cond_dropout > 0:
             units = self.drop_units_for_cfg(units, c.cond_dropout)
 
@@ -419,7 +542,8 @@ class JointAudioVideoDiT(nn.Module):
         unit = self.unit_embed(units)  # [B, F, D]
         x = torch.cat(
             [
-                video_tokens[:, : Fc * T] + unit.repeat_interleave(T, dim=1),
+                video_tokens[:, : Fc * T] + unit.repeat_interleave(T, dim=1)
+                + (0 if video_prior is None else self.video_prior_embed(self._patchify(video_prior))),
                 video_tokens[:, Fc * T :],
                 audio_tokens[:, : Fc * m] + unit.repeat_interleave(m, dim=1)
                 + (0 if audio_prior is None else self.prior_embed(audio_prior)),

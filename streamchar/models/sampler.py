@@ -27,7 +27,8 @@ class ChunkVelocityModel(Protocol):
     def null_unit(self) -> int: ...
 
     # Optional: ``prior_mean(units, previous_units, has_previous) -> Tensor | None``, a model's audio
-    # prior (see ``sample``).
+    # prior, and ``video_prior_mean(units, previous_units, has_previous, ref_video, motion_video,
+    # has_motion) -> Tensor | None``, its video prior (see ``sample``).
 
     def __call__(
         self, *, video_noisy: Tensor, audio_noisy: Tensor, t: Tensor, **cond: Tensor
@@ -95,7 +96,8 @@ class FlowMatchingSampler:
         Returns (video_latents, audio_latents) with the noise shapes.
 
         A model with an audio prior (``prior_mean`` not None) denoises the audio as a residual over
-        the prior mean of the real units (both CFG branches see the same mean), added back at the end.
+        the prior mean of the real units (both CFG branches see the same mean), added back at the end; a
+        model with a video prior (``video_prior_mean`` not None) does the same for the video.
         """
         cond = _as_dict(cond)
         prior_mean = getattr(model, "prior_mean", None)
@@ -103,6 +105,12 @@ class FlowMatchingSampler:
                  if prior_mean is not None else None)
         if prior is not None:
             cond["audio_prior"] = prior
+        video_prior_mean = getattr(model, "video_prior_mean", None)
+        video_prior = (video_prior_mean(cond["units"], cond.get("previous_units"), cond.get("has_motion"),
+                                        cond["ref_video"], cond["motion_video"], cond["has_motion"])
+                       if video_prior_mean is not None else None)
+        if video_prior is not None:
+            cond["video_prior"] = video_prior
         guided = self.guidance != 1.0 or self.audio_guidance != 1.0
         if guided:
             # Cond and null-unit uncond share one batched forward: one pass over the weights
@@ -123,7 +131,8 @@ class FlowMatchingSampler:
                 audio_velocity = _guide(audio_velocity, self.audio_guidance)
             video = video + (t_next - t_now) * video_velocity
             audio = audio + (t_next - t_now) * audio_velocity
-        return video, audio if prior is None else audio + prior
+        return (video if video_prior is None else video + video_prior,
+                audio if prior is None else audio + prior)
 
 
 def _guide(velocity: Tensor, guidance: float) -> Tensor:

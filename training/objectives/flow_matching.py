@@ -129,18 +129,23 @@ def _cond_dict(cond: Mapping[str, Tensor] | Any) -> dict[str, Tensor]:
 
 def flow_matching_loss(model: nn.Module, video: Tensor, audio: Tensor, cond: Mapping[str, Tensor] | Any,
                        noise: NoiseDraw, config: FlowMatchingConfig,
-                       prior: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+                       prior: Tensor | None = None,
+                       video_prior: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """The weighted velocity MSE of `model` on clean latents video [B, F, C, h, w] and audio [B, M, Ca].
 
     cond: the model's other keyword inputs (units, ref/sink/motion, has_*), a mapping or a dataclass.
     prior [B, M, Ca]: a DiT's audio prior mean of the real units (``JointAudioVideoDiT.prior_mean``, no
     grad): the audio flow then runs on the residual audio - prior, as the sampler's does.
+    video_prior [B, F, C, h, w]: the same for the video (``JointAudioVideoDiT.video_prior_mean``).
     Returns (loss, {"loss_video", "loss_audio", "loss_mouth"}).
     """
     extra = {}
     if prior is not None:
         audio = audio - prior
         extra["audio_prior"] = prior
+    if video_prior is not None:
+        video = video - video_prior
+        extra["video_prior"] = video_prior
     video_velocity, audio_velocity = model(video_noisy=interpolate(video, noise.video, noise.t),
                                            audio_noisy=interpolate(audio, noise.audio, noise.t),
                                            t=noise.t, **_cond_dict(cond), **extra)

@@ -142,9 +142,10 @@ def teacher_dir(teacher: str) -> Path:
 def load_teacher(teacher: str) -> JointAudioVideoDiT:
     directory = teacher_dir(teacher)
     model = load_module(JointAudioVideoDiT, directory, config_cls=JointDiTConfig).requires_grad_(False)
-    if model.prior is not None:
-        raise ValueError(f"the teacher in {directory} has an audio prior: distilling one is not supported yet "
-                         "(the DMD scores would need the student's audio as a residual over the prior)")
+    if model.prior is not None or model.video_prior is not None:
+        which = "an audio prior" if model.prior is not None else "a video prior"
+        raise ValueError(f"the teacher in {directory} has {which}: distilling one is not supported yet "
+                         "(the DMD scores would need the student's latents as a residual over the prior)")
     return model
 
 

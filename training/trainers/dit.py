@@ -72,7 +72,7 @@ from training.eval.recognizer import DEFAULT_CHECKPOINT as RECOGNIZER
 from training.eval.recognizer import is_pause, load_recognizer, phoneme_error_rate, pooled_per, transcript_phonemes
 from training.eval.sync import DEFAULT_CHECKPOINT as SYNC
 from training.eval.sync import SyncNetConfig, fit_waveform, load_sync, sync_scores
-from training.objectives.flow_matching import FlowMatchingConfig, NoiseDraw, draw_noise, flow_matching_loss
+from training.objectives.flow_matching import FlowMatchingConfig, NoiseDraw, draw_noise, flow_matching_loss, mouth_mask
 from training.pipelines.dit_data import (
     ChunkBatch,
     ChunkSampler,
@@ -107,6 +107,8 @@ class DiTModelConfig:
     prior_layers: int | None = None  # > 0: an audio prior (joint_dit.AudioPrior), fitted first, then frozen
     prior_kernel: int | None = None
     prior_context: int | None = None
+    video_prior_layers: int | None = None  # > 0: a video prior (joint_dit.VideoPrior), fitted first, then frozen
+    video_prior_width: int | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -174,6 +176,7 @@ class DiTTrainConfig:
     objective: FlowMatchingConfig = FlowMatchingConfig()
     ema: EMAConfig = EMAConfig()
     prior: PriorFitConfig = PriorFitConfig()
+    video_prior: PriorFitConfig = PriorFitConfig(steps=1500, batch_size=32)  # extra_corpora: not read (speech has no frames)
     precision: str = "fp32"  # "bf16": the forward under bfloat16 autocast (GPUs); weights and loss stay fp32
 
     def __post_init__(self) -> None:
@@ -247,9 +250,10 @@ def train(config: DiTTrainConfig) -> Path | None:
     sampler = ChunkSampler(cache, dit_config.silence_unit, config.data.sampling, TB)
     torch.manual_seed(r.seed)  # every rank builds the same initial weights
     model = EMADiT(JointAudioVideoDiT(dit_config), config.ema.decay)
-    prior = model.dit.prior
-    if prior is not None:
-        prior.requires_grad_(False)  # fitted on its own below; the optimiser and DDP leave it alone
+    prior, video_prior = model.dit.prior, model.dit.video_prior
+    for module in (prior, video_prior):
+        if module is not None:
+            module.requires_grad_(False)  # fitted on its own below; the optimiser and DDP leave it alone
     if info.is_main:
         log.info("dit: %s, %.2fM parameters, %d samples / %d chunks of %s", dit_config,
                  sum(p.numel() for p in model.dit.parameters()) / 1e6, len(cache), sampler.num_chunks,
@@ -259,6 +263,9 @@ def train(config: DiTTrainConfig) -> Path | None:
     prior_record: dict[str, Any] = {}
     if prior is not None and trainer.step == 0 and (config.prior.refit or int(prior.fitted_steps) == 0):
         prior_record = fit_prior(model, sampler, config.prior, info, codecs, config.data)  # never on a resume
+    if video_prior is not None and trainer.step == 0 and (config.video_prior.refit
+                                                          or int(video_prior.fitted_steps) == 0):
+        prior_record["video"] = fit_video_prior(model, sampler, config.video_prior, config.objective, info)
 
     def batch_fn(step: int, generator: torch.Generator) -> TrainBatch:
         chunks = sampler.draw(r.batch_size, generator)
@@ -269,9 +276,11 @@ def train(config: DiTTrainConfig) -> Path | None:
         with torch.no_grad():
             cond = batch.chunks.cond  # the real units, not the CFG-dropped ones
             prior_mean = model.dit.prior_mean(cond.units, cond.previous_units, cond.has_motion)
+            video_mean = model.dit.video_prior_mean(cond.units, cond.previous_units, cond.has_motion,
+                                                    cond.ref_video, cond.motion_video, cond.has_motion)
         with torch.autocast(device.type, torch.bfloat16, enabled=config.precision == "bf16"):
             return flow_matching_loss(module, batch.chunks.video, batch.chunks.audio, batch.chunks.cond,
-                                      batch.noise, config.objective, prior_mean)
+                                      batch.noise, config.objective, prior_mean, video_mean)
 
     started = time.perf_counter()
     trainer.fit(batch_fn, loss_fn, on_step=model.update_ema)
@@ -331,6 +340,53 @@ def fit_prior(model: EMADiT, sampler: ChunkSampler, config: PriorFitConfig, info
     return record
 
 
+def fit_video_prior(model: EMADiT, sampler: ChunkSampler, config: PriorFitConfig, objective: FlowMatchingConfig,
+                    info: DistInfo) -> dict[str, Any]:
+    """Fit the DiT's video prior as :func:`fit_prior` does the audio one (rank 0, then broadcast; copied into
+    the EMA, marked fitted): chunks drawn like the DiT's, the objective's mouth-weighted MSE of its mean
+    against their video latents. ``config.extra_corpora`` must be empty: speech-only corpora have no frames."""
+    if config.extra_corpora:
+        raise ValueError("video_prior.extra_corpora: speech-only corpora have no frames to fit a video prior on")
+    prior = model.dit.video_prior
+    started = time.perf_counter()
+    record: dict[str, Any] = {"steps": config.steps, "batch_size": config.batch_size, "lr": config.lr,
+                              "mouth_weight": objective.mouth_weight}
+    if info.is_main:
+        generator = torch.Generator().manual_seed(config.seed)
+        fitting = copy.deepcopy(prior).requires_grad_(True).train()
+        optimizer = torch.optim.AdamW(fitting.parameters(), lr=config.lr, weight_decay=0.0)
+        running = running_mouth = None
+        for step in range(1, config.steps + 1):
+            batch = sampler.draw(config.batch_size, generator).to(info.device)
+            c = batch.cond
+            mask = mouth_mask(objective.mouth_box, *batch.video.shape[-2:]).to(info.device)
+            weight = 1.0 + (objective.mouth_weight - 1.0) * mask.float()  # [h, w], as the flow loss weighs cells
+            mean = fitting(c.units, c.previous_units, c.has_motion, c.ref_video, c.motion_video, c.has_motion)
+            error = (mean - batch.video) ** 2  # [B, F, C, h, w]
+            loss = (error * weight).mean() / weight.mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            mouth = float(error.detach()[..., mask].mean())
+            running = float(loss) if running is None else 0.98 * running + 0.02 * float(loss)
+            running_mouth = mouth if running_mouth is None else 0.98 * running_mouth + 0.02 * mouth
+            if step % max(1, config.steps // 10) == 0 or step == config.steps:
+                log.info("dit video prior: step %d/%d, weighted MSE %.4f, mouth MSE %.4f", step, config.steps,
+                         running, running_mouth)
+        with torch.no_grad():
+            for target, fitted in zip(prior.parameters(), fitting.parameters()):
+                target.copy_(fitted)
+        record["final_mse"], record["final_mouth_mse"] = running, running_mouth
+    if info.distributed:
+        for tensor in prior.parameters():
+            dist.broadcast(tensor.data, 0)
+    with torch.no_grad():
+        prior.fitted_steps.fill_(config.steps)
+        model.ema.video_prior.load_state_dict(prior.state_dict())
+    record["seconds"] = time.perf_counter() - started
+    return record
+
+
 def export(model: EMADiT, config: DiTTrainConfig, codecs: Codecs, trainer: Trainer, seconds: float,
            prior: dict[str, Any] | None = None) -> Path:
     """Write ``<out>/export``: a renderer bundle holding the EMA DiT and the codecs it was trained against."""
@@ -368,16 +424,20 @@ def write_dit_bundle(dit: JointAudioVideoDiT, final: Path, source_bundle: str, p
 MOUTH_BOX = SyncNetConfig().crop_box  # (top, left, height, width): the lower-centre box where mouths move
 
 
-class PriorOnlyAudio(nn.Module):
-    """An ablation for :func:`evaluate`: the wrapped DiT's video, but audio velocities whose clean estimate
-    is a zero residual, so every chunk's audio is exactly the prior mean of its units (what the prior alone
-    says, decoded through the same sampler, engine and vocoder)."""
+class PriorOnly(nn.Module):
+    """An ablation for :func:`evaluate`: the wrapped DiT, but with ``audio`` (``video``) velocities whose
+    clean estimate is a zero residual, so every chunk's audio (video) is exactly the prior mean (what the
+    prior alone says, decoded through the same sampler, engine and codecs); the other modality is the DiT's."""
 
-    def __init__(self, dit: JointAudioVideoDiT) -> None:
+    def __init__(self, dit: JointAudioVideoDiT, audio: bool = True, video: bool = False) -> None:
         super().__init__()
-        if dit.prior is None:
+        if not (audio or video):
+            raise ValueError("PriorOnly needs audio or video")
+        if audio and dit.prior is None:
             raise ValueError("--prior-only needs a DiT with an audio prior")
-        self.dit = dit
+        if video and dit.video_prior is None:
+            raise ValueError("--video-prior-only needs a DiT with a video prior")
+        self.dit, self.audio, self.video = dit, audio, video
         self.config = dit.config
 
     @property
@@ -388,9 +448,17 @@ class PriorOnlyAudio(nn.Module):
                    has_previous: Tensor | None = None) -> Tensor | None:
         return self.dit.prior_mean(units, previous_units, has_previous)
 
+    def video_prior_mean(self, *args: Tensor) -> Tensor | None:
+        return self.dit.video_prior_mean(*args)
+
     def forward(self, *, video_noisy: Tensor, audio_noisy: Tensor, t: Tensor, **cond: Tensor) -> tuple[Tensor, Tensor]:
-        video, _ = self.dit(video_noisy=video_noisy, audio_noisy=audio_noisy, t=t, **cond)
-        return video, audio_noisy / t.view(-1, 1, 1).clamp(min=1e-6)  # x0 = x_t - t v = 0
+        video, audio = self.dit(video_noisy=video_noisy, audio_noisy=audio_noisy, t=t, **cond)
+        scale = t.clamp(min=1e-6)  # x0 = x_t - t v = 0 for v = x_t / t
+        if self.audio:
+            audio = audio_noisy / scale.view(-1, 1, 1)
+        if self.video:
+            video = video_noisy / scale.view(-1, 1, 1, 1, 1)
+        return video, audio
 
 
 def load_eval_dit(checkpoint: Path, weights: str = "ema") -> tuple[JointAudioVideoDiT, Path | None]:
@@ -523,15 +591,15 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
              guidance: tuple[float, ...] = (1.0, 2.0), rollouts: int = 2, out: str | Path | None = None,
              weights: str = "ema", seed: int = 0, rows: int = 32, audio_temperature: float = 1.0,
              prior_only: bool = False, audio_guidance: float | None = None,
-             video_temperature: float = 1.0) -> dict[str, Any]:
+             video_temperature: float = 1.0, video_prior_only: bool = False) -> dict[str, Any]:
     """Score a checkpoint on held-out chunks and clips (see the module docstring); prints a table, writes
     ``report.json`` (and rollout MP4s) to `out` (default ``<checkpoint>/eval-<split>``), returns the report."""
     checkpoint = Path(checkpoint)
     out_dir = Path(out) if out else checkpoint / f"eval-{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     dit, dit_bundle = load_eval_dit(checkpoint, weights)
-    if prior_only:
-        dit = PriorOnlyAudio(dit)
+    if prior_only or video_prior_only:
+        dit = PriorOnly(dit, audio=prior_only, video=video_prior_only)
     codecs = load_codecs(bundle or dit_bundle)
     models = RendererModels(dit=dit.eval(), video_codec=codecs.video, audio_codec=codecs.audio, time_base=TB,
                             trained=True)
@@ -595,6 +663,7 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", cache: 
 
     report = {"checkpoint": str(checkpoint), "weights": weights, "split": split, "chunks": chunks,
               "audio_temperature": audio_temperature, "audio_guidance": audio_guidance, "prior_only": prior_only,
+              "video_prior_only": video_prior_only,
               "video_temperature": video_temperature,
               "first_chunk_share": float((batch.chunk_index == 0).float().mean()), "codec_psnr": codec_psnr,
               "settings": settings, "rollouts": clip_rows}
@@ -617,7 +686,8 @@ def format_report(report: dict[str, Any]) -> str:
              f"codec ceiling PSNR {report['codec_psnr']:.2f} dB; audio temperature {report['audio_temperature']:g}"
              + (f"; audio guidance {report['audio_guidance']:g}" if report.get("audio_guidance") is not None else "")
              + (f"; video temperature {report['video_temperature']:g}" if report.get("video_temperature", 1) != 1 else "")
-             + ("; audio = the prior mean alone" if report.get("prior_only") else ""),
+             + ("; audio = the prior mean alone" if report.get("prior_only") else "")
+             + ("; video = the video prior mean alone" if report.get("video_prior_only") else ""),
              f"{'steps':>5} {'cfg':>4} " + " ".join(f"{c:>17}" for c in cols) + f" {'s/chunk':>8}"]
     for row in report["settings"]:
         lines.append(f"{row['steps']:>5} {row['guidance']:>4.1f} " + " ".join(f"{row[c]:>17.4f}" for c in cols)
@@ -668,6 +738,8 @@ def main(argv: list[str] | None = None) -> int:
                             help="the audio's own CFG scale (default: --guidance's)")
         parser.add_argument("--video-temperature", type=float, default=1.0, help="scales the video's starting noise")
         parser.add_argument("--prior-only", action="store_true", help="ablation: the audio is the prior mean alone")
+        parser.add_argument("--video-prior-only", action="store_true",
+                            help="ablation: the video is the video prior's mean alone")
     else:
         parser.add_argument("--config", default=None, help="TOML over the defaults")
         parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -680,6 +752,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluate(args.checkpoint, args.corpus, args.cache, args.split, args.bundle, args.chunks, args.steps,
                  args.guidance, args.rollouts, args.out, args.weights, args.seed,
                  audio_temperature=args.audio_temperature, prior_only=args.prior_only,
+                 video_prior_only=args.video_prior_only,
                  video_temperature=args.video_temperature,
                  audio_guidance=args.audio_guidance)
         return 0
