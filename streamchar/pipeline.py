@@ -33,6 +33,7 @@ class PipelineConfig:
     guidance: float = 1.0
     audio_temperature: float = 1.0
     video_temperature: float = 1.0
+    video_prior_only: bool = False  # the video is the DiT's video prior mean (a DiT with one)
     audio_guidance: float | None = None  # the audio's own CFG scale; None: guidance
     sink: bool = True
     seed: int = 0
@@ -74,7 +75,8 @@ class Pipeline:
         self.render_engine = RenderEngine(self.renderer_models, config.steps, config.guidance, 1, self._render_executor,
                                           sink=config.sink, audio_temperature=config.audio_temperature,
                                           audio_guidance=config.audio_guidance,
-                                          video_temperature=config.video_temperature)
+                                          video_temperature=config.video_temperature,
+                                          video_prior_only=config.video_prior_only)
         self.session_renderer = SessionRenderer(self.store, self.render_engine)
 
     async def close(self) -> None:

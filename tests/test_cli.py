@@ -42,6 +42,14 @@ def test_say_rejects_a_missing_character_image(tmp_path):
     assert proc.returncode != 0 and "cannot read character image" in proc.stderr
 
 
+def test_say_refuses_video_prior_only_for_a_dit_without_a_video_prior(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "streamchar", "say", "Hi.", "--dit", "dit", "--video-prior-only",
+                           "-o", str(tmp_path / "x.mp4")], cwd=ROOT, env=service_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and "needs a DiT with a video prior" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.mp4").exists()
+
+
 
 @pytest.mark.parametrize("flag, value, message", [("--audio-temperature", "5", "audio temperature must be in [0, 2]"),
                                                   ("--steps", "0", "sampler steps must be >= 1"),

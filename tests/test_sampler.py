@@ -221,3 +221,33 @@ def test_audio_guidance_guides_the_audio_apart_from_the_video() -> None:
     video, audio = FlowMatchingSampler(4, guidance=1.0, audio_guidance=3.0).sample(model, condition(), *noise)
     torch.testing.assert_close(video, plain_video)
     torch.testing.assert_close(audio, guided_audio)
+
+
+class VideoPriorFlow(StraightFlow):
+    """A StraightFlow in residual space over a fixed video prior mean, as a video-prior DiT's video is."""
+
+    def __init__(self, video_x0: torch.Tensor, audio_x0: torch.Tensor, video_prior: torch.Tensor) -> None:
+        super().__init__(video_x0 - video_prior, audio_x0)
+        self.video_prior = video_prior
+
+    def video_prior_mean(self, units, previous_units, has_previous, ref_video, motion_video, has_motion):
+        return self.video_prior
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_a_video_prior_models_video_is_a_residual_and_video_prior_only_keeps_the_mean(guidance: float) -> None:
+    video_shape, audio_shape = shapes(batch=2)
+    x0_video, x0_audio, prior = torch.randn(video_shape), torch.randn(audio_shape), torch.randn(video_shape)
+    model = VideoPriorFlow(x0_video, x0_audio, prior)
+    cond = condition(batch=2) | {"motion_video": torch.randn(2, 2, 4, 2, 2), "has_motion": torch.tensor([True, False])}
+    noise = shapes_noise(video_shape, audio_shape)
+    video, audio = FlowMatchingSampler(4, guidance=guidance).sample(model, cond, *noise)
+    torch.testing.assert_close(video, x0_video, rtol=1e-5, atol=1e-5)  # residual + prior
+    torch.testing.assert_close(audio, x0_audio, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(call["video_prior"], torch.cat([prior] * (2 if guidance != 1.0 else 1)))
+               for call in model.calls)
+    video, audio = FlowMatchingSampler(4, guidance=guidance, video_prior_only=True).sample(model, cond, *noise)
+    torch.testing.assert_close(video, prior, rtol=1e-5, atol=1e-5)  # the mean alone
+    torch.testing.assert_close(audio, x0_audio, rtol=1e-5, atol=1e-5)  # the audio is still the model's
+    with pytest.raises(ValueError, match="video prior"):
+        FlowMatchingSampler(4, video_prior_only=True).sample(StraightFlow(x0_video, x0_audio), cond, *noise)

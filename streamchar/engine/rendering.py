@@ -108,12 +108,17 @@ def chunk_seed(session_seed: int, chunk_index: int) -> int:
 class RenderEngine:
     def __init__(self, models: RendererModels, steps: int, guidance: float, max_batch: int,
                  executor: ThreadPoolExecutor, sink: bool = True, audio_temperature: float = 1.0,
-                 audio_guidance: float | None = None, video_temperature: float = 1.0) -> None:
+                 audio_guidance: float | None = None, video_temperature: float = 1.0,
+                 video_prior_only: bool = False) -> None:
         """sink=False: the DiT never sees the session's sink chunk (an ablation; the session state still
-        keeps it). audio_temperature, audio_guidance, video_temperature: the sampler's (``FlowMatchingSampler``)."""
+        keeps it). audio_temperature, audio_guidance, video_temperature, video_prior_only: the sampler's
+        (``FlowMatchingSampler``); video_prior_only needs a DiT with a video prior (ValueError here otherwise)."""
+        if video_prior_only and getattr(models.dit, "video_prior", None) is None:
+            raise ValueError("video_prior_only needs a DiT with a video prior; this one has none")
         self.models = models
         self.sampler = FlowMatchingSampler(steps, guidance, audio_temperature=audio_temperature,
-                                           audio_guidance=audio_guidance, video_temperature=video_temperature)
+                                           audio_guidance=audio_guidance, video_temperature=video_temperature,
+                                           video_prior_only=video_prior_only)
         self.sink = sink
         self.max_batch = max_batch
         self.executor = executor

@@ -55,14 +55,17 @@ def check_guidance(value: float, name: str = "guidance") -> float:
 
 class FlowMatchingSampler:
     def __init__(self, steps: int, guidance: float = 1.0, shift: float = 1.0, audio_temperature: float = 1.0,
-                 audio_guidance: float | None = None, video_temperature: float = 1.0) -> None:
+                 audio_guidance: float | None = None, video_temperature: float = 1.0,
+                 video_prior_only: bool = False) -> None:
         """steps: model evaluations (x2 batch when guided); guidance: CFG scale on the speech
         units (1 = off); audio_guidance: the audio's own CFG scale (None: `guidance`); shift > 1
         spends more steps at high noise (SD3-style time shift);
         audio_temperature scales the audio's starting noise (1: a sample of the learned distribution;
         < 1 moves it towards the distribution's centre, as the noise scale of Glow-TTS / VITS or the
         temperature of Grad-TTS do; 0: the flow from the noise's mode, deterministic); video_temperature: the
-        same for the video's starting noise."""
+        same for the video's starting noise; video_prior_only: the video is the model's video prior mean
+        alone (its own video velocity is replaced by a zero clean residual; needs a model with a video
+        prior), while the audio is still denoised with that video in the window."""
         if steps < 1:
             raise ValueError("steps must be >= 1")
         if shift <= 0:
@@ -73,6 +76,7 @@ class FlowMatchingSampler:
         self.shift = shift
         self.audio_temperature = check_audio_temperature(audio_temperature)
         self.video_temperature = check_audio_temperature(video_temperature, "video_temperature")
+        self.video_prior_only = bool(video_prior_only)
 
     def timesteps(self) -> Tensor:
         """[steps + 1] noise levels from 1 down to 0."""
@@ -111,6 +115,8 @@ class FlowMatchingSampler:
                        if video_prior_mean is not None else None)
         if video_prior is not None:
             cond["video_prior"] = video_prior
+        elif self.video_prior_only:
+            raise ValueError("video_prior_only needs a DiT with a video prior (video_prior_layers > 0)")
         guided = self.guidance != 1.0 or self.audio_guidance != 1.0
         if guided:
             # Cond and null-unit uncond share one batched forward: one pass over the weights
@@ -129,6 +135,8 @@ class FlowMatchingSampler:
             if guided:
                 video_velocity = _guide(video_velocity, self.guidance)
                 audio_velocity = _guide(audio_velocity, self.audio_guidance)
+            if self.video_prior_only:
+                video_velocity = video / t_now  # x0 = x_t - t v = 0: the residual over the prior stays zero
             video = video + (t_next - t_now) * video_velocity
             audio = audio + (t_next - t_now) * audio_velocity
         return (video if video_prior is None else video + video_prior,
