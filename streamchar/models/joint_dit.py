@@ -205,6 +205,19 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
+def with_previous_units(units: Tensor, previous_units: Tensor | None, has_previous: Tensor | None,
+                        context: int, pad_unit: int) -> Tensor:
+    """[B, F] -> [B, P + F]: the previous chunk's last P = `context` units in front of the chunk's own
+    (`pad_unit` where there is no previous chunk), as both priors read them; `units` itself when P = 0."""
+    if not context:
+        return units
+    if previous_units is None or has_previous is None:
+        raise ValueError("this prior reads the previous chunk's units: pass previous_units and has_previous")
+    previous = previous_units[:, -context:]
+    previous = torch.where(has_previous.bool()[:, None], previous, torch.full_like(previous, pad_unit))
+    return torch.cat([previous, units], dim=1)
+
+
 class AudioPrior(nn.Module):
     """The chunk's units -> a mean of its audio latents: the starting point the DiT's audio refines.
 
@@ -239,12 +252,7 @@ class AudioPrior(nn.Module):
         """units [B, F] long, previous_units [B, F] (the previous chunk's), has_previous [B] bool -> audio
         latent mean [B, F * m, Ca]. The previous units are read only with ``prior_context`` > 0."""
         Fc = units.shape[1]
-        if self.context:
-            if previous_units is None or has_previous is None:
-                raise ValueError("this prior reads the previous chunk's units: pass previous_units and has_previous")
-            previous = previous_units[:, -self.context:]
-            previous = torch.where(has_previous.bool()[:, None], previous, torch.full_like(previous, self.pad_unit))
-            units = torch.cat([previous, units], dim=1)  # [B, P + F]
+        units = with_previous_units(units, previous_units, has_previous, self.context, self.pad_unit)
         x = self.embed(units).transpose(1, 2)  # [B, D, P + F]
         for conv in self.convs:
             x = x + F.gelu(conv(x))
@@ -303,12 +311,7 @@ class VideoPrior(nn.Module):
         ref_video [B, C, h, w], motion_video [B, Fm, C, h, w], has_motion [B] -> video latent mean
         [B, F, C, h, w]."""
         B, Fc = units.shape
-        if self.context:
-            if previous_units is None or has_previous is None:
-                raise ValueError("this prior reads the previous chunk's units: pass previous_units and has_previous")
-            previous = previous_units[:, -self.context:]
-            previous = torch.where(has_previous.bool()[:, None], previous, torch.full_like(previous, self.pad_unit))
-            units = torch.cat([previous, units], dim=1)  # [B, P + F]
+        units = with_previous_units(units, previous_units, has_previous, self.context, self.pad_unit)
         z = self.embed(units).transpose(1, 2)  # [B, W, P + F]
         for conv in self.unit_convs:
             z = z + F.gelu(conv(z))

@@ -330,14 +330,19 @@ def fit_prior(model: EMADiT, sampler: ChunkSampler, config: PriorFitConfig, info
             for target, fitted in zip(prior.parameters(), fitting.parameters()):
                 target.copy_(fitted)
         record["final_mse"] = running
+    publish_prior(prior, model.ema.prior, config.steps, info)
+    record["seconds"] = time.perf_counter() - started
+    return record
+
+
+def publish_prior(prior: nn.Module, ema_prior: nn.Module, steps: int, info: DistInfo) -> None:
+    """After rank 0 fitted `prior`: every rank receives its weights, it is marked fitted, the EMA copies it."""
     if info.distributed:
         for tensor in prior.parameters():
             dist.broadcast(tensor.data, 0)
     with torch.no_grad():
-        prior.fitted_steps.fill_(config.steps)
-        model.ema.prior.load_state_dict(prior.state_dict())
-    record["seconds"] = time.perf_counter() - started
-    return record
+        prior.fitted_steps.fill_(steps)
+        ema_prior.load_state_dict(prior.state_dict())
 
 
 def fit_video_prior(model: EMADiT, sampler: ChunkSampler, config: PriorFitConfig, objective: FlowMatchingConfig,
@@ -377,12 +382,7 @@ def fit_video_prior(model: EMADiT, sampler: ChunkSampler, config: PriorFitConfig
             for target, fitted in zip(prior.parameters(), fitting.parameters()):
                 target.copy_(fitted)
         record["final_mse"], record["final_mouth_mse"] = running, running_mouth
-    if info.distributed:
-        for tensor in prior.parameters():
-            dist.broadcast(tensor.data, 0)
-    with torch.no_grad():
-        prior.fitted_steps.fill_(config.steps)
-        model.ema.video_prior.load_state_dict(prior.state_dict())
+    publish_prior(prior, model.ema.video_prior, config.steps, info)
     record["seconds"] = time.perf_counter() - started
     return record
 
