@@ -95,20 +95,26 @@ class Pipeline:
         await self.orchestrator.append_text(meta.session_id, text, 0)
         await self.orchestrator.end_text(meta.session_id)
         k = 0
+        silence = [self.renderer_models.dit.config.silence_unit] * self.time_base.frames_per_chunk
         try:
-            while True:
-                t0 = time.perf_counter()
-                cond = await self.orchestrator.try_next(meta.session_id, k, allow_fill=False)
-                if cond is None:
-                    return
+            t0 = time.perf_counter()
+            upcoming = await self.orchestrator.try_next(meta.session_id, 0, allow_fill=False)
+            while upcoming is not None:
+                # The whole text is here, so the next chunk's units are always known before this one renders
+                # (an audio prior with lookahead reads them); silence follows the last chunk.
+                cond = upcoming
+                upcoming = None if cond.plan.final else await self.orchestrator.try_next(meta.session_id, k + 1,
+                                                                                        allow_fill=False)
                 t1 = time.perf_counter()
-                rendered = await self.session_renderer.render(meta, k, cond.plan.units)
+                next_units = silence if upcoming is None else upcoming.plan.units
+                rendered = await self.session_renderer.render(meta, k, cond.plan.units, next_units)
                 await self.session_renderer.commit(rendered)
                 out = rendered.output
                 if result is not None:
                     result.chunks.append(ChunkRecord(k, cond.plan.pointer_end, t1 - t0, out.seconds, 0.0))
                 yield k, out
                 k += 1
+                t0 = time.perf_counter()
         finally:
             await self.store.delete(meta.session_id)
 

@@ -307,6 +307,39 @@ def test_a_context_prior_reads_the_previous_chunks_last_units_only_when_there_is
         JointDiTConfig(prior_context=2)
 
 
+def test_a_lookahead_prior_reads_the_next_chunks_first_units_when_they_are_known() -> None:
+    config = dataclasses.replace(PRIOR_CONFIG, prior_context=2, prior_lookahead=3)
+    model = randomized_model(config)
+    inputs = make_inputs(config)
+    units, Fc, m = inputs["units"], config.frames_per_chunk, config.mel_per_frame
+    g = torch.Generator().manual_seed(6)
+    previous, ahead = (torch.randint(0, config.num_units, units.shape, generator=g) for _ in range(2))
+    yes, no = torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)
+    with torch.no_grad():
+        base = model.prior_mean(units, previous, yes, ahead, yes)
+        beyond = ahead.clone()
+        beyond[:, 3:] = (beyond[:, 3:] + 1) % config.num_units  # outside the 3 frames read
+        assert torch.equal(model.prior_mean(units, previous, yes, beyond, yes), base)
+        first = ahead.clone()
+        first[:, 0] = (first[:, 0] + 1) % config.num_units
+        changed = model.prior_mean(units, previous, yes, first, yes)
+        assert not torch.equal(changed[:, -m:], base[:, -m:])  # the chunk's last frame hears what follows
+        # not known (has_next False, or no next units at all): the padding id, whatever next_units hold
+        unknown = model.prior_mean(units, previous, yes, ahead, no)
+        assert torch.equal(unknown, model.prior_mean(units, previous, yes, first, no))
+        assert torch.equal(unknown, model.prior_mean(units, previous, yes))
+        assert not torch.equal(unknown, base)
+        # the forward takes the next units with the other conditions (only the prior reads them)
+        run(model, dict(inputs, previous_units=previous, next_units=ahead, has_next=yes, audio_prior=base))
+        # a prior without lookahead never reads them
+        plain = randomized_model(dataclasses.replace(config, prior_lookahead=0))
+        assert torch.equal(plain.prior_mean(units, previous, yes, ahead, yes), plain.prior_mean(units, previous, yes))
+    with pytest.raises(ValueError, match="prior_lookahead"):
+        JointDiTConfig(prior_lookahead=2)  # no prior
+    with pytest.raises(ValueError, match="prior_lookahead"):
+        dataclasses.replace(config, prior_lookahead=Fc + 1)
+
+
 # ---- the video prior ------------------------------------------------------------------------------
 
 VIDEO_PRIOR_CONFIG = JointDiTConfig(width=32, depth=2, num_heads=2, num_units=10, video_prior_layers=2,

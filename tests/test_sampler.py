@@ -140,7 +140,8 @@ class PriorFlow(StraightFlow):
         self.prior = prior
         self.prior_units: list[torch.Tensor] = []
 
-    def prior_mean(self, units: torch.Tensor, previous_units=None, has_previous=None) -> torch.Tensor:
+    def prior_mean(self, units: torch.Tensor, previous_units=None, has_previous=None, next_units=None,
+                   has_next=None) -> torch.Tensor:
         self.prior_units.append(units)
         return self.prior
 

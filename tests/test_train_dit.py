@@ -145,7 +145,8 @@ def test_batches_carry_exactly_the_renderers_conditions(latents: LatentCache, co
         for k, batch in enumerate(truth):
             job = ChunkJob(units=batch.cond.units[0].tolist(), seed=k, ref_image=reference, ref_latent=state["ref"],
                            sink_video=state["sv"], sink_audio=state["sa"], motion_video=state["mv"],
-                           motion_audio=state["ma"], previous_units=truth[k - 1].cond.units[0].tolist() if k else None)
+                           motion_audio=state["ma"], previous_units=truth[k - 1].cond.units[0].tolist() if k else None,
+                           next_units=batch.cond.next_units[0].tolist())
             out = engine.render_batch([job])[0]
             np.testing.assert_allclose(out.video_latents, batch.video[0].numpy(), atol=1e-5)
             if k == 0:
@@ -159,7 +160,12 @@ def test_batches_carry_exactly_the_renderers_conditions(latents: LatentCache, co
                 tol = 2e-2 if name == "ref_video" else 1e-5  # the cache stores the reference in float16
                 torch.testing.assert_close(seen[name], value, atol=tol, rtol=0, msg=name)
 
-    # Spelled out: chunk 0 has no context, later chunks have chunk 0 as sink and the last Fm frames as motion.
+    # Spelled out: chunk 0 has no context, later chunks have chunk 0 as sink and the last Fm frames as motion;
+    # a chunk's next units are the next chunk's (known, evaluation draws), silence past the clip's end.
+    for k in range(chunks - 1):
+        assert torch.equal(truth[k].cond.next_units, truth[k + 1].cond.units) and truth[k].cond.has_next.all()
+    past = torch.arange(chunks * Fc + Fc)[-Fc:] >= int(latents.num_frames[s])
+    assert (truth[-1].cond.next_units[0][past] == config.silence_unit).all()
     assert not truth[0].cond.has_sink.item() and not truth[0].cond.has_motion.item()
     assert truth[0].cond.sink_video.abs().max() == 0 and truth[0].cond.motion_audio.abs().max() == 0
     k = 2
@@ -493,12 +499,19 @@ def test_speech_latents_are_the_dit_caches_audio_and_units_and_draw_like_chunks(
     torch.testing.assert_close(speech.audio.float(), latents.audio.float(), atol=2e-3, rtol=0)
     again = speech_latents(corpus, tmp_path, codecs)  # from the file now
     assert torch.equal(again.units, speech.units) and len(list((tmp_path / "prior").glob("*.pt"))) == 1
-    units, previous, has_previous, audio = speech.draw(32, torch.Generator().manual_seed(0), codecs.units.config.num_units,
-                                                       ChunkSamplingConfig(silence_unit_prob=0.0))
-    assert units.shape == previous.shape == (32, Fc) and audio.shape == (32, Fc * m, codecs.audio.latent_channels)
+    silence = codecs.units.config.num_units
+    units, previous, has_previous, ahead, has_next, audio = speech.draw(
+        32, torch.Generator().manual_seed(0), silence, ChunkSamplingConfig(silence_unit_prob=0.0, lookahead_dropout=0.5))
+    assert units.shape == previous.shape == ahead.shape == (32, Fc)
+    assert audio.shape == (32, Fc * m, codecs.audio.latent_channels)
+    assert has_next.any() and (~has_next).any()  # half the rows hide their next units
     assert has_previous.any() and (~has_previous).any() and previous[~has_previous].abs().max() == 0
     for row in range(32):  # every drawn chunk is a whole chunk of some clip, its previous one before it
         hits = [(s, k) for s in range(len(latents)) for k in range(int(latents.num_frames[s]) // Fc)
                 if torch.equal(latents.units[int(latents.frame_offset[s]) + k * Fc:][:Fc], units[row])
                 and torch.equal(latents.audio[int(latents.frame_offset[s]) + k * Fc:][:Fc].flatten(0, 1).float(), audio[row])]
         assert hits and any((k > 0) == bool(has_previous[row]) for _, k in hits)
+        # ... and its next units the clip's next frames', silence past the clip's end
+        assert any(torch.equal(torch.cat([latents.units[int(latents.frame_offset[s]) + (k + 1) * Fc:]
+                                          [:max(0, int(latents.num_frames[s]) - (k + 1) * Fc)][:Fc],
+                                          torch.full((Fc,), silence)])[:Fc], ahead[row]) for s, k in hits)

@@ -50,9 +50,9 @@ from streamchar.timebase import TimeBase
 from streamchar.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc, renderer_pb2, renderer_pb2_grpc
 
 SERVICE = "renderer"
-# Conditions pulled ahead of the chunk being rendered: the orchestrator works on chunk k+1 while
-# chunk k denoises.
-PREFETCH = 2
+# Conditions pulled ahead of the chunk being rendered: the orchestrator works on chunks k+1 and k+2 while
+# chunk k denoises, so chunk k+1's units are here before chunk k renders (an audio prior's lookahead).
+PREFETCH = 3
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,10 @@ class RendererConfig:
     # its video keeps guidance 3 (docs/eval/teacher/dit.md).
     audio_guidance: float | None = None
     sink: bool = True  # False: chunks are rendered without the sink chunk (an ablation)
+    # A DiT whose audio prior reads the next chunk's units (prior_lookahead > 0): how long a chunk whose
+    # conditions are here waits for the next chunk's before it renders without them. The orchestrator is
+    # usually a chunk ahead (conditions are pulled PREFETCH chunks ahead), so the wait is rarely taken.
+    lookahead_wait_seconds: float = 0.1
     max_batch: int = 4
     window: int = 2
     torch_threads: int = 2
@@ -88,6 +92,8 @@ class RendererConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.max_batch < 1 or self.window < 1:
             raise ValueError("steps, max_batch and window must be >= 1")
+        if not 0.0 <= self.lookahead_wait_seconds <= 10.0:
+            raise ValueError(f"lookahead_wait_seconds must be in [0, 10], got {self.lookahead_wait_seconds}")
         check_audio_temperature(self.audio_temperature)
         check_audio_temperature(self.video_temperature, "video_temperature")
         check_guidance(self.guidance)
@@ -106,6 +112,9 @@ class RendererService(renderer_pb2_grpc.RendererServicer):
         self.store = store
         self.sessions = session_renderer
         self.models = session_renderer.engine.models
+        dit_config = self.models.dit.config
+        self.lookahead = dit_config.prior_lookahead if dit_config.prior_layers else 0
+        self.silence = [dit_config.silence_unit] * self.models.time_base.frames_per_chunk
         self.orchestrator = orchestrator
         self.tracer = tracer(SERVICE)
 
@@ -191,25 +200,40 @@ class RendererService(renderer_pb2_grpc.RendererServicer):
         # its end is reported as INTERRUPTED rather than COMPLETED.
         final_pulled = interrupting = interrupted_last = False
         upstream_end: common_pb2.End | None = None
+        loop = asyncio.get_running_loop()
+        lookahead_deadline: float | None = None  # while chunk k waits for chunk k+1's units
         while True:
             while not interrupting and upstream_end is None and not final_pulled and next_pull < k + PREFETCH:
                 upstream.send(orchestrator_pb2.OrchestrateRequest(pull=orchestrator_pb2.Pull(chunk_index=next_pull)))
                 next_pull += 1
+            timeout = None
             if not interrupting and k in conditions and k <= acked + self.config.window:
-                cond = conditions.pop(k)
-                response, rendered = await self._render_chunk(meta, cond, parent)
-                yield response
-                # Committed after it left; see SessionRenderer.commit for why this order.
-                await self.sessions.commit(rendered)
-                k += 1
-                if cond.final:
-                    yield self._end(k, interrupted_last)
-                    return
-                continue
+                cond, upcoming = conditions[k], conditions.get(k + 1)
+                waiting = bool(self.lookahead) and upcoming is None and not cond.final and upstream_end is None
+                if waiting and lookahead_deadline is None:
+                    lookahead_deadline = loop.time() + self.config.lookahead_wait_seconds
+                if waiting and loop.time() < lookahead_deadline:
+                    timeout = lookahead_deadline - loop.time()
+                else:
+                    del conditions[k]
+                    lookahead_deadline = None
+                    next_units = self.silence if cond.final else list(upcoming.units) if upcoming is not None else None
+                    response, rendered = await self._render_chunk(meta, cond, parent, next_units)
+                    yield response
+                    # Committed after it left; see SessionRenderer.commit for why this order.
+                    await self.sessions.commit(rendered)
+                    k += 1
+                    if cond.final:
+                        yield self._end(k, interrupted_last)
+                        return
+                    continue
             if not interrupting and upstream_end is not None and k not in conditions:
                 yield self._end(k, interrupted_last)
                 return
-            kind, value = await events.get()
+            try:
+                kind, value = await asyncio.wait_for(events.get(), timeout)
+            except TimeoutError:
+                continue  # chunk k renders without the next chunk's units
             if kind == "conditions":
                 if not interrupting:
                     conditions[value.conditions.chunk_index] = value.conditions
@@ -225,6 +249,7 @@ class RendererService(renderer_pb2_grpc.RendererServicer):
                     # Conditions already pulled speak the dropped text: void them and restart at k.
                     interrupting = interrupted_last = True
                     conditions.clear()
+                    lookahead_deadline = None
                     upstream.send(orchestrator_pb2.OrchestrateRequest(
                         interrupt=common_pb2.Interrupted(next_chunk_index=k)))
             elif kind == "interrupted":
@@ -239,15 +264,16 @@ class RendererService(renderer_pb2_grpc.RendererServicer):
             else:
                 raise FailedPrecondition(f"unexpected orchestrator event {kind!r}")
 
-    async def _render_chunk(self, meta: SessionMeta, cond: orchestrator_pb2.AudioConditions,
-                            parent: Any) -> tuple[renderer_pb2.RenderResponse, RenderedChunk]:
+    async def _render_chunk(self, meta: SessionMeta, cond: orchestrator_pb2.AudioConditions, parent: Any,
+                            next_units: list[int] | None) -> tuple[renderer_pb2.RenderResponse, RenderedChunk]:
         tb = self.models.time_base
         with self.tracer.start_as_current_span("renderer.chunk", context=parent) as span:
             span.set_attribute("streamchar.session_id", meta.session_id)
             span.set_attribute("streamchar.chunk_index", cond.chunk_index)
             span.set_attribute("streamchar.denoise_steps", self.config.steps)
             started = time.perf_counter()
-            rendered = await self.sessions.render(meta, cond.chunk_index, list(cond.units))
+            span.set_attribute("streamchar.next_units_known", next_units is not None)
+            rendered = await self.sessions.render(meta, cond.chunk_index, list(cond.units), next_units)
             out = rendered.output
             span.set_attribute("streamchar.batch_size", out.batch_size)
             record_chunk(SERVICE, "render", out.seconds, tb.chunk_seconds)

@@ -87,6 +87,9 @@ class ChunkJob:
     motion_video: np.ndarray | None  # [Fm,C,h,w]
     motion_audio: np.ndarray | None  # [Mm,Ca]
     previous_units: list[int] | None = None  # [F] the previous chunk's units (an audio prior reads them)
+    # [F] the next chunk's units, if the orchestrator has produced them (an audio prior with lookahead reads
+    # them; None: not known yet). After a session's last chunk: the silence unit.
+    next_units: list[int] | None = None
 
 
 @dataclass
@@ -194,6 +197,9 @@ class RenderEngine:
             "previous_units": torch.tensor([j.previous_units if j.previous_units is not None
                                             else [cfg.silence_unit if j.motion_video is not None else 0]
                                             * tb.frames_per_chunk for j in jobs], dtype=torch.long),
+            "next_units": torch.tensor([j.next_units if j.next_units is not None else [0] * tb.frames_per_chunk
+                                        for j in jobs], dtype=torch.long),
+            "has_next": torch.tensor([j.next_units is not None for j in jobs]),
         }
         if not self.sink:
             cond["sink_video"], cond["sink_audio"] = cond["sink_video"].zero_(), cond["sink_audio"].zero_()
@@ -235,16 +241,26 @@ class SessionRenderer:
         raw = (await self.store.load(session_id, [F_CHUNK]))[F_CHUNK]
         return int(raw) if raw is not None else 0
 
-    async def render(self, meta: SessionMeta, chunk_index: int, units: list[int]) -> RenderedChunk:
-        """Render chunk `chunk_index` from the stored state; `commit` it once it has been delivered."""
+    async def render(self, meta: SessionMeta, chunk_index: int, units: list[int],
+                     next_units: list[int] | None = None) -> RenderedChunk:
+        """Render chunk `chunk_index` from the stored state; `commit` it once it has been delivered.
+
+        `next_units`: the next chunk's units when the orchestrator has produced them (the silence unit after
+        the last chunk), else None; an audio prior with lookahead reads them. A chunk rendered again (another
+        replica taking over) may see them where the first try did not: its audio may then differ slightly."""
         tb = self.time_base
-        if len(units) != tb.frames_per_chunk:
-            raise FailedPrecondition(f"chunk {chunk_index} has {len(units)} unit frames, expected {tb.frames_per_chunk}")
         silence = self.engine.models.dit.config.silence_unit
-        bad = [u for u in units if not 0 <= u <= silence]
-        if bad:  # an orchestrator with another unit inventory; the DiT's embedding would fail the whole batch
-            raise InvalidInput(f"chunk {chunk_index}: unit ids {bad[:4]} outside this renderer's 0..{silence} "
-                               f"({silence} units + silence); are the orchestrator and renderer checkpoints a pair?")
+        for name, ids in (("", units), (" (next chunk's)", next_units)):
+            if ids is None:
+                continue
+            if len(ids) != tb.frames_per_chunk:
+                raise FailedPrecondition(f"chunk {chunk_index} has {len(ids)} unit frames{name}, "
+                                         f"expected {tb.frames_per_chunk}")
+            bad = [u for u in ids if not 0 <= u <= silence]
+            if bad:  # an orchestrator with another unit inventory; the DiT's embedding would fail the whole batch
+                raise InvalidInput(f"chunk {chunk_index}: unit ids{name} {bad[:4]} outside this renderer's "
+                                   f"0..{silence} ({silence} units + silence); are the orchestrator and renderer "
+                                   "checkpoints a pair?")
         raw = await self.store.load(meta.session_id, _STATE_FIELDS)
         current = int(raw[F_CHUNK]) if raw[F_CHUNK] is not None else 0
         if current != chunk_index:
@@ -258,7 +274,8 @@ class SessionRenderer:
         job = ChunkJob(units=list(units), seed=chunk_seed(meta.seed, chunk_index), ref_image=meta.reference,
                        ref_latent=get(F_REF), sink_video=get(F_SINK_V), sink_audio=get(F_SINK_A),
                        motion_video=get(F_MOTION_V), motion_audio=get(F_MOTION_A),
-                       previous_units=get(F_PREVIOUS_UNITS).tolist() if raw[F_PREVIOUS_UNITS] else None)
+                       previous_units=get(F_PREVIOUS_UNITS).tolist() if raw[F_PREVIOUS_UNITS] else None,
+                       next_units=list(next_units) if next_units is not None else None)
         out = await self.engine.render(job)
         Fm, Mm = tb.motion_frames, tb.motion_frames * tb.mel_per_frame
         fields = {F_MOTION_V: arrays.pack(out.video_latents[-Fm:]), F_MOTION_A: arrays.pack(out.audio_latents[-Mm:]),

@@ -52,6 +52,10 @@ class JointDiTConfig:
     # Frames of the previous chunk's units the prior reads in front of the chunk's own (0: none). They
     # are known when a chunk is rendered (the session keeps them), unlike the next chunk's.
     prior_context: int = 0
+    # Frames of the next chunk's units the audio prior reads after the chunk's own (0: none): the right
+    # context of the chunk's last phonemes (coarticulation), known when the orchestrator is a chunk ahead of
+    # the renderer, which it usually is; where they are not known yet the prior reads a padding id there.
+    prior_lookahead: int = 0
     # Video prior (0: none). With L > 0 blocks, a small convolutional network maps the chunk's units and
     # its image context (the last motion frame, else the reference) to a mean of each frame's video
     # latents, and the chunk's video is denoised as the residual over that mean (see VideoPrior). It
@@ -75,6 +79,9 @@ class JointDiTConfig:
             raise ValueError("need prior_layers >= 0 and an odd prior_kernel >= 1")
         if not 0 <= self.prior_context <= self.frames_per_chunk or (self.prior_context and not self.prior_layers):
             raise ValueError(f"prior_context must be in [0, frames_per_chunk = {self.frames_per_chunk}] "
+                             "and needs prior_layers > 0")
+        if not 0 <= self.prior_lookahead <= self.frames_per_chunk or (self.prior_lookahead and not self.prior_layers):
+            raise ValueError(f"prior_lookahead must be in [0, frames_per_chunk = {self.frames_per_chunk}] "
                              "and needs prior_layers > 0")
         if self.video_prior_layers < 0 or self.video_prior_width < 8 or self.video_prior_width % 8:
             raise ValueError("need video_prior_layers >= 0 and video_prior_width a multiple of 8 (>= 8)")
@@ -218,6 +225,23 @@ def with_previous_units(units: Tensor, previous_units: Tensor | None, has_previo
     return torch.cat([previous, units], dim=1)
 
 
+def with_next_units(units: Tensor, next_units: Tensor | None, has_next: Tensor | None, lookahead: int,
+                    pad_unit: int) -> Tensor:
+    """[B, N] -> [B, N + L]: the next chunk's first L = `lookahead` units after `units` (`pad_unit` in the
+    rows whose next units are not known: ``has_next`` False, or no ``next_units`` at all); `units` itself
+    when L = 0. After a session's last chunk the next units are the silence unit, which is known."""
+    if not lookahead:
+        return units
+    B = units.shape[0]
+    if next_units is None or has_next is None:
+        return torch.cat([units, torch.full((B, lookahead), pad_unit, dtype=units.dtype, device=units.device)], 1)
+    if next_units.shape[1] < lookahead:
+        raise ValueError(f"next_units has {next_units.shape[1]} frames, the prior reads {lookahead}")
+    ahead = next_units[:, :lookahead].to(units.dtype)
+    ahead = torch.where(has_next.bool()[:, None], ahead, torch.full_like(ahead, pad_unit))
+    return torch.cat([units, ahead], dim=1)
+
+
 class AudioPrior(nn.Module):
     """The chunk's units -> a mean of its audio latents: the starting point the DiT's audio refines.
 
@@ -228,18 +252,20 @@ class AudioPrior(nn.Module):
     one (docs/eval/teacher/dit.md). Residual 1-D convolutions over the chunk's F frames (zero padding
     at the edges), then one linear map per frame to its m mel frames. With ``prior_context`` P > 0 the
     last P units of the previous chunk run in front of the chunk's own (a padding id where there is no
-    previous chunk), so the prior is not blind at the chunk's start; the next chunk's units are not
-    known when a chunk renders. Fitted before the DiT trains and frozen while it does
-    (training/trainers/dit.py).
+    previous chunk), so the prior is not blind at the chunk's start. With ``prior_lookahead`` L > 0 the
+    next chunk's first L units run after them (the padding id where they are not known yet), so the
+    chunk's last phonemes are not blind to what follows. Fitted before the DiT trains and frozen while it
+    does (training/trainers/dit.py).
     """
 
     def __init__(self, config: JointDiTConfig) -> None:
         super().__init__()
         c = config
         self.mel_per_frame, self.audio_channels = c.mel_per_frame, c.audio_channels
-        self.context = c.prior_context
-        self.pad_unit = c.num_units + 2  # "no previous chunk", an extra row only when there is context
-        self.embed = nn.Embedding(c.num_units + 2 + (1 if c.prior_context else 0), c.width)
+        self.context, self.lookahead = c.prior_context, c.prior_lookahead
+        # "no previous chunk" / "next units not known": an extra row only when the prior reads either
+        self.pad_unit = c.num_units + 2
+        self.embed = nn.Embedding(c.num_units + 2 + (1 if c.prior_context or c.prior_lookahead else 0), c.width)
         self.convs = nn.ModuleList([nn.Conv1d(c.width, c.width, c.prior_kernel, padding=c.prior_kernel // 2)
                                     for _ in range(c.prior_layers)])
         self.out = nn.Linear(c.width, c.mel_per_frame * c.audio_channels)
@@ -247,16 +273,19 @@ class AudioPrior(nn.Module):
         # fits it first; saved with the weights.
         self.register_buffer("fitted_steps", torch.zeros((), dtype=torch.long))
 
-    def forward(self, units: Tensor, previous_units: Tensor | None = None,
-                has_previous: Tensor | None = None) -> Tensor:
-        """units [B, F] long, previous_units [B, F] (the previous chunk's), has_previous [B] bool -> audio
-        latent mean [B, F * m, Ca]. The previous units are read only with ``prior_context`` > 0."""
+    def forward(self, units: Tensor, previous_units: Tensor | None = None, has_previous: Tensor | None = None,
+                next_units: Tensor | None = None, has_next: Tensor | None = None) -> Tensor:
+        """units [B, F] long, previous_units [B, F] (the previous chunk's), has_previous [B] bool, next_units
+        [B, >= L] (the next chunk's), has_next [B] bool -> audio latent mean [B, F * m, Ca]. The previous
+        units are read only with ``prior_context`` > 0, the next only with ``prior_lookahead`` > 0 (not
+        given: not known)."""
         Fc = units.shape[1]
         units = with_previous_units(units, previous_units, has_previous, self.context, self.pad_unit)
-        x = self.embed(units).transpose(1, 2)  # [B, D, P + F]
+        units = with_next_units(units, next_units, has_next, self.lookahead, self.pad_unit)
+        x = self.embed(units).transpose(1, 2)  # [B, D, P + F + L]
         for conv in self.convs:
             x = x + F.gelu(conv(x))
-        y = self.out(x[:, :, -Fc:].transpose(1, 2))  # [B, F, m * Ca]
+        y = self.out(x[:, :, self.context:self.context + Fc].transpose(1, 2))  # [B, F, m * Ca]
         return y.reshape(units.shape[0], Fc * self.mel_per_frame, self.audio_channels)
 
 
@@ -432,13 +461,14 @@ class JointAudioVideoDiT(nn.Module):
             nn.init.zeros_(self.video_prior_embed.weight)
             nn.init.zeros_(self.video_prior_embed.bias)
 
-    def prior_mean(self, units: Tensor, previous_units: Tensor | None = None,
-                   has_previous: Tensor | None = None) -> Tensor | None:
+    def prior_mean(self, units: Tensor, previous_units: Tensor | None = None, has_previous: Tensor | None = None,
+                   next_units: Tensor | None = None, has_next: Tensor | None = None) -> Tensor | None:
         """[B, F] units (and the previous chunk's [B, F], flagged by has_previous [B], the same as
-        has_motion) -> [B, M, Ca] audio prior mean, or None for a DiT without a prior. The caller passes
-        it back to :meth:`forward` as ``audio_prior``, with the noisy audio as a residual over it;
-        computed from the real units, never the CFG-dropped ones."""
-        return None if self.prior is None else self.prior(units, previous_units, has_previous)
+        has_motion; the next chunk's [B, F], flagged by has_next [B], read with ``prior_lookahead`` > 0)
+        -> [B, M, Ca] audio prior mean, or None for a DiT without a prior. The caller passes it back to
+        :meth:`forward` as ``audio_prior``, with the noisy audio as a residual over it; computed from the
+        real units, never the CFG-dropped ones."""
+        return None if self.prior is None else self.prior(units, previous_units, has_previous, next_units, has_next)
 
     def video_prior_mean(self, units: Tensor, previous_units: Tensor | None, has_previous: Tensor | None,
                          ref_video: Tensor, motion_video: Tensor, has_motion: Tensor) -> Tensor | None:
@@ -501,6 +531,8 @@ class JointAudioVideoDiT(nn.Module):
         previous_units: Tensor | None = None,
         audio_prior: Tensor | None = None,
         video_prior: Tensor | None = None,
+        next_units: Tensor | None = None,
+        has_next: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Predict the flow-matching velocity (noise - x0) of the chunk's video and audio latents.
 
@@ -509,8 +541,8 @@ class JointAudioVideoDiT(nn.Module):
         sink_audio [B, M, Ca], motion_video [B, Fm, C, h, w], motion_audio [B, Mm, Ca],
         has_sink [B] bool, has_motion [B] bool (False: those tokens are hidden from attention and
         their values are ignored).
-        previous_units [B, F]: the previous chunk's units, read only by :meth:`prior_mean` (accepted here
-        so a chunk's conditions pass as one mapping).
+        previous_units [B, F], next_units [B, F], has_next [B]: the previous and the next chunk's units,
+        read only by the priors (accepted here so a chunk's conditions pass as one mapping).
         audio_prior [B, M, Ca]: with a prior (``prior_layers`` > 0, required then), :meth:`prior_mean` of
         the real units; audio_noisy and the audio x0 are then residuals over it (context audio is not).
         video_prior [B, F, C, h, w]: the same for the video (``video_prior_layers`` > 0,

@@ -26,7 +26,7 @@ class ChunkVelocityModel(Protocol):
     @property
     def null_unit(self) -> int: ...
 
-    # Optional: ``prior_mean(units, previous_units, has_previous) -> Tensor | None``, a model's audio
+    # Optional: ``prior_mean(units, previous_units, has_previous, next_units, has_next) -> Tensor | None``, a model's audio
     # prior, and ``video_prior_mean(units, previous_units, has_previous, ref_video, motion_video,
     # has_motion) -> Tensor | None``, its video prior (see ``sample``).
 
@@ -105,8 +105,8 @@ class FlowMatchingSampler:
         """
         cond = _as_dict(cond)
         prior_mean = getattr(model, "prior_mean", None)
-        prior = (prior_mean(cond["units"], cond.get("previous_units"), cond.get("has_motion"))
-                 if prior_mean is not None else None)
+        prior = (prior_mean(cond["units"], cond.get("previous_units"), cond.get("has_motion"), cond.get("next_units"),
+                            cond.get("has_next")) if prior_mean is not None else None)
         if prior is not None:
             cond["audio_prior"] = prior
         video_prior_mean = getattr(model, "video_prior_mean", None)

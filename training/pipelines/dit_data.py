@@ -290,6 +290,8 @@ class ChunkConditions:
     has_sink: Tensor  # bool [B]
     has_motion: Tensor  # bool [B]
     previous_units: Tensor  # long [B, F] the previous chunk's units; zeros where has_motion is False
+    next_units: Tensor  # long [B, F] the next chunk's units (silence past the end); read where has_next
+    has_next: Tensor  # bool [B] whether the next chunk's units are known (an audio prior's lookahead)
 
     def to(self, device: torch.device | str) -> ChunkConditions:
         return ChunkConditions(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
@@ -314,10 +316,15 @@ class ChunkSamplingConfig:
     silence_unit_prob: float = 0.5  # a digitally silent frame's unit becomes the silence unit K
     silence_rms: float = 1e-3  # waveform RMS below which a frame counts as silent (-60 dBFS)
     motion_noise: float = 0.0  # training rows' motion latents + N(0, s^2), s ~ U[0, motion_noise] per row
+    # Share of training rows whose next chunk's units are hidden (has_next False), as in a live session
+    # whose orchestrator is not a chunk ahead of the renderer: an audio prior with lookahead learns both.
+    lookahead_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.first_chunk_prob <= 1.0 and 0.0 <= self.silence_unit_prob <= 1.0):
             raise ValueError("first_chunk_prob and silence_unit_prob must be in [0, 1]")
+        if not 0.0 <= self.lookahead_dropout <= 1.0:
+            raise ValueError(f"lookahead_dropout must be in [0, 1], got {self.lookahead_dropout}")
         if not 0.0 <= self.motion_noise <= 10.0:
             raise ValueError(f"motion_noise must be in [0, 10] (a standard deviation), got {self.motion_noise}")
 
@@ -327,6 +334,26 @@ def chunk_frames(start: Tensor, frames_per_chunk: int) -> tuple[Tensor, Tensor]:
     at 0: the caller hides them at chunk 0)."""
     offsets = torch.arange(frames_per_chunk)
     return start[:, None] + offsets, (start[:, None] - frames_per_chunk + offsets).clamp(min=0)
+
+
+def next_chunk_units(units: Tensor, rms: Tensor, first: Tensor, start: Tensor, num_frames: Tensor, frames_per_chunk: int,
+                     silence_unit: int, config: ChunkSamplingConfig,
+                     generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """The units of the chunk after the chunks starting at frames `start` [B] (samples starting at `first`
+    [B], `num_frames` [B] long): [B, F], the silence unit past the sample's end (what follows a session's
+    last chunk), and has_next [B]: True, except for a ``lookahead_dropout`` share of rows when training
+    (a generator given)."""
+    rel = (start - first)[:, None] + frames_per_chunk + torch.arange(frames_per_chunk)  # [B, F] in the sample
+    inside = rel < num_frames[:, None]
+    index = first[:, None] + rel.minimum(num_frames[:, None] - 1)
+    ahead = units[index]
+    if generator is not None:
+        ahead = silence_units(ahead, rms[index], silence_unit, config, generator)
+    ahead = torch.where(inside, ahead, silence_unit)
+    has_next = torch.ones(len(start), dtype=torch.bool)
+    if generator is not None and config.lookahead_dropout > 0:
+        has_next = torch.rand(len(start), generator=generator) >= config.lookahead_dropout
+    return ahead, has_next
 
 
 def silence_units(units: Tensor, rms: Tensor, silence_unit: int, config: ChunkSamplingConfig,
@@ -412,11 +439,13 @@ class ChunkSampler:
             if self.config.motion_noise > 0:
                 motion_video, motion_audio = noise_motion(motion_video, motion_audio, self.config.motion_noise,
                                                           generator)
+        next_units, has_next = next_chunk_units(c.units, c.rms, c.frame_offset[sample], start, c.num_frames[sample],
+                                                Fc, self.silence_unit, self.config, generator)
         cond = ChunkConditions(units=units, ref_video=c.ref[sample].float(),
                                sink_video=hide(sink_video), sink_audio=hide(sink_audio),
                                motion_video=hide(motion_video), motion_audio=hide(motion_audio),
                                has_sink=has_context.clone(), has_motion=has_context.clone(),
-                               previous_units=hide(previous_units))
+                               previous_units=hide(previous_units), next_units=next_units, has_next=has_next)
         return ChunkBatch(video, audio, cond, sample.clone(), chunk.clone())
 
 
@@ -441,10 +470,11 @@ class SpeechLatents:
         return cls(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(cls)))
 
     def draw(self, batch_size: int, generator: torch.Generator, silence_unit: int, config: ChunkSamplingConfig,
-             tb: TimeBase = TimeBase()) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+             tb: TimeBase = TimeBase()) -> tuple[Tensor, ...]:
         """Random whole chunks, as :class:`ChunkSampler` cuts them (chunk k covers frames [kF, kF + F), the
-        previous chunk's units hidden at k = 0, silent frames' units to the silence unit at random):
-        (units [B, F], previous_units [B, F], has_previous [B], audio [B, M, Ca] float32)."""
+        previous chunk's units hidden at k = 0, silent frames' units to the silence unit at random, the next
+        chunk's as :func:`next_chunk_units` gives them): (units [B, F], previous_units [B, F], has_previous
+        [B], next_units [B, F], has_next [B], audio [B, M, Ca] float32)."""
         Fc = tb.frames_per_chunk
         chunks = self.num_frames // Fc  # [Ns]
         if not int(chunks.sum()):
@@ -456,7 +486,10 @@ class SpeechLatents:
         units = silence_units(self.units[frames], self.rms[frames], silence_unit, config, generator)
         previous_units = silence_units(self.units[previous], self.rms[previous], silence_unit, config, generator)
         previous_units = previous_units * has_previous[:, None]
-        return units, previous_units, has_previous, self.audio[frames].flatten(1, 2).float()
+        next_units, has_next = next_chunk_units(self.units, self.rms, self.frame_offset[pick], frames[:, 0],
+                                                self.num_frames[pick], Fc, silence_unit, config, generator)
+        return (units, previous_units, has_previous, next_units, has_next,
+                self.audio[frames].flatten(1, 2).float())
 
 
 @torch.inference_mode()

@@ -221,7 +221,10 @@ class DistillModules(nn.Module):
                 sink_video=sink[0] if sink else zeros_v, sink_audio=sink[1] if sink else zeros_a,
                 motion_video=motion[0] if motion else zeros_v[:, :Fm], motion_audio=motion[1] if motion else zeros_a[:, :Mm],
                 has_sink=context, has_motion=context.clone(),
-                previous_units=b.units[:, k - 1] if k else torch.zeros_like(b.units[:, 0]))
+                previous_units=b.units[:, k - 1] if k else torch.zeros_like(b.units[:, 0]),
+                # the rollout's last chunk: the next chunk's units are not drawn, so not known
+                next_units=b.units[:, k + 1] if k + 1 < L else torch.zeros_like(b.units[:, 0]),
+                has_next=torch.full((B,), k + 1 < L, dtype=torch.bool, device=video.device))
             kwargs = cond_dict(cond)
             for i, (t_now, t_next) in enumerate(itertools.pairwise(levels)):
                 here = draw.index[:, k] == i

@@ -82,6 +82,7 @@ from training.pipelines.dit_data import (
     SpeechLatents,
     from_unit_range,
     load_codecs,
+    next_chunk_units,
     precompute,
     speech_latents,
     splits_in,
@@ -107,6 +108,7 @@ class DiTModelConfig:
     prior_layers: int | None = None  # > 0: an audio prior (joint_dit.AudioPrior), fitted first, then frozen
     prior_kernel: int | None = None
     prior_context: int | None = None
+    prior_lookahead: int | None = None  # the next chunk's first units the audio prior reads (joint_dit.AudioPrior)
     video_prior_layers: int | None = None  # > 0: a video prior (joint_dit.VideoPrior), fitted first, then frozen
     video_prior_width: int | None = None
 
@@ -275,7 +277,8 @@ def train(config: DiTTrainConfig) -> Path | None:
     def loss_fn(module: nn.Module, batch: TrainBatch) -> tuple[Tensor, dict[str, float]]:
         with torch.no_grad():
             cond = batch.chunks.cond  # the real units, not the CFG-dropped ones
-            prior_mean = model.dit.prior_mean(cond.units, cond.previous_units, cond.has_motion)
+            prior_mean = model.dit.prior_mean(cond.units, cond.previous_units, cond.has_motion, cond.next_units,
+                                              cond.has_next)
             video_mean = model.dit.video_prior_mean(cond.units, cond.previous_units, cond.has_motion,
                                                     cond.ref_video, cond.motion_video, cond.has_motion)
         with torch.autocast(device.type, torch.bfloat16, enabled=config.precision == "bf16"):
@@ -312,18 +315,19 @@ def fit_prior(model: EMADiT, sampler: ChunkSampler, config: PriorFitConfig, info
         running = None
         for step in range(1, config.steps + 1):
             batch = sampler.draw(config.batch_size - n_extra, generator)
-            units, previous, has_previous, audio = (batch.cond.units, batch.cond.previous_units,
-                                                    batch.cond.has_motion, batch.audio)
+            c = batch.cond
+            rows = (c.units, c.previous_units, c.has_motion, c.next_units, c.has_next, batch.audio)
             if n_extra:
                 more = extra.draw(n_extra, generator, sampler.silence_unit, data.sampling, TB)
-                units, previous, has_previous, audio = (torch.cat(pair) for pair in
-                                                        zip((units, previous, has_previous, audio), more))
-            mean = fitting(units.to(info.device), previous.to(info.device), has_previous.to(info.device))
+                rows = tuple(torch.cat(pair) for pair in zip(rows, more))
+            *inputs, audio = (x.to(info.device) for x in rows)
+            mean = fitting(*inputs)
             loss = F.mse_loss(mean, audio.to(info.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            running = float(loss) if running is None else 0.98 * running + 0.02 * float(loss)
+            value = float(loss.detach())
+            running = value if running is None else 0.98 * running + 0.02 * value
             if step % max(1, config.steps // 10) == 0 or step == config.steps:
                 log.info("dit prior: step %d/%d, audio MSE %.4f", step, config.steps, running)
         with torch.no_grad():
@@ -373,7 +377,8 @@ def fit_video_prior(model: EMADiT, sampler: ChunkSampler, config: PriorFitConfig
             loss.backward()
             optimizer.step()
             mouth = float(error.detach()[..., mask].mean())
-            running = float(loss) if running is None else 0.98 * running + 0.02 * float(loss)
+            value = float(loss.detach())
+            running = value if running is None else 0.98 * running + 0.02 * value
             running_mouth = mouth if running_mouth is None else 0.98 * running_mouth + 0.02 * mouth
             if step % max(1, config.steps // 10) == 0 or step == config.steps:
                 log.info("dit video prior: step %d/%d, weighted MSE %.4f, mouth MSE %.4f", step, config.steps,
@@ -444,9 +449,8 @@ class PriorOnly(nn.Module):
     def null_unit(self) -> int:
         return self.dit.null_unit
 
-    def prior_mean(self, units: Tensor, previous_units: Tensor | None = None,
-                   has_previous: Tensor | None = None) -> Tensor | None:
-        return self.dit.prior_mean(units, previous_units, has_previous)
+    def prior_mean(self, *args: Tensor | None) -> Tensor | None:
+        return self.dit.prior_mean(*args)
 
     def video_prior_mean(self, *args: Tensor) -> Tensor | None:
         return self.dit.video_prior_mean(*args)
@@ -550,6 +554,11 @@ def rollout(models: RendererModels, cache: LatentCache, samples: list[int], step
     state: list[dict[str, np.ndarray | None]] = [dict.fromkeys(("ref", "sink_v", "sink_a", "motion_v", "motion_a"))
                                                  for _ in samples]
     outputs: list[list] = [[] for _ in samples]
+    # Each chunk's next chunk's units, known (the clip's whole text is given), silence past the clip's end.
+    next_units = [next_chunk_units(cache.units, cache.rms, cache.frame_offset[s].expand(n),
+                                   cache.frame_offset[s] + torch.arange(n) * Fc, cache.num_frames[s].expand(n), Fc,
+                                   models.dit.config.silence_unit, ChunkSamplingConfig(), None)[0]
+                  for s, n in zip(samples, chunks)]
     with ThreadPoolExecutor(1) as executor:
         engine = RenderEngine(models, steps, guidance, max_batch=len(samples), executor=executor,
                               audio_temperature=audio_temperature, audio_guidance=audio_guidance,
@@ -563,7 +572,8 @@ def rollout(models: RendererModels, cache: LatentCache, samples: list[int], step
                 jobs.append(ChunkJob(units=cache.units[first:first + Fc].tolist(), seed=chunk_seed(seed + s, k),
                                      ref_image=references[i], ref_latent=st["ref"], sink_video=st["sink_v"],
                                      sink_audio=st["sink_a"], motion_video=st["motion_v"], motion_audio=st["motion_a"],
-                                     previous_units=cache.units[first - Fc:first].tolist() if k else None))
+                                     previous_units=cache.units[first - Fc:first].tolist() if k else None,
+                                     next_units=next_units[i][k].tolist()))
             for i, out in zip(active, engine.render_batch(jobs)):
                 st = state[i]
                 st["motion_v"], st["motion_a"] = out.video_latents[-Fm:], out.audio_latents[-Fm * m:]
