@@ -44,6 +44,7 @@ def cmd_say(args: argparse.Namespace) -> int:
                                            guidance=args.guidance, audio_temperature=args.audio_temperature,
                                            video_temperature=args.video_temperature,
                                            video_prior_only=args.video_prior_only,
+                                           audio_prior_only=args.audio_prior_only,
                                            audio_guidance=args.audio_guidance, seed=args.seed))
     except ValueError as e:  # a sampler setting this DiT cannot honour
         raise SystemExit(f"streamchar say: {e}") from None
@@ -280,7 +281,7 @@ def cmd_samples(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     videos = render_samples(args.out, args.count, args.checkpoint, args.steps, args.guidance, dit=args.dit,
                             audio_temperature=args.audio_temperature, audio_guidance=args.audio_guidance,
-                            video_prior_only=args.video_prior_only)
+                            video_prior_only=args.video_prior_only, audio_prior_only=args.audio_prior_only)
     for v in videos:
         print(f"{v.path} ({len(v.frames)} frames): {v.text}")
     print(f"{Path(args.out) / 'contact_sheet.png'}")
@@ -334,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--audio-guidance", type=_guidance, default=None, help="the audio's own CFG scale (default: --guidance)")
     say.add_argument("--video-prior-only", action="store_true",
                      help="the video is the DiT's video prior mean (the teacher has one)")
+    say.add_argument("--audio-prior-only", action="store_true",
+                     help="the audio is the DiT's audio prior mean (the teacher has one)")
     say.add_argument("--seed", type=int, default=1)
     say.add_argument("--threads", type=int, default=2)
     say.add_argument("-q", "--quiet", action="store_true")
@@ -453,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("--audio-temperature", type=_audio_temperature, default=1.0, help="scales the audio's starting noise")
     samples.add_argument("--audio-guidance", type=_guidance, default=None, help="the audio's own CFG scale (default: --guidance)")
     samples.add_argument("--video-prior-only", action="store_true", help="the video is the DiT's video prior mean")
+    samples.add_argument("--audio-prior-only", action="store_true", help="the audio is the DiT's audio prior mean")
     samples.add_argument("--threads", type=int, default=2)
     samples.set_defaults(func=cmd_samples)
 

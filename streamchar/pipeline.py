@@ -34,6 +34,7 @@ class PipelineConfig:
     audio_temperature: float = 1.0
     video_temperature: float = 1.0
     video_prior_only: bool = False  # the video is the DiT's video prior mean (a DiT with one)
+    audio_prior_only: bool = False  # the audio is the DiT's audio prior mean (a DiT with one)
     audio_guidance: float | None = None  # the audio's own CFG scale; None: guidance
     sink: bool = True
     seed: int = 0
@@ -76,7 +77,8 @@ class Pipeline:
                                           sink=config.sink, audio_temperature=config.audio_temperature,
                                           audio_guidance=config.audio_guidance,
                                           video_temperature=config.video_temperature,
-                                          video_prior_only=config.video_prior_only)
+                                          video_prior_only=config.video_prior_only,
+                                          audio_prior_only=config.audio_prior_only)
         self.session_renderer = SessionRenderer(self.store, self.render_engine)
 
     async def close(self) -> None:

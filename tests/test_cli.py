@@ -42,11 +42,13 @@ def test_say_rejects_a_missing_character_image(tmp_path):
     assert proc.returncode != 0 and "cannot read character image" in proc.stderr
 
 
-def test_say_refuses_video_prior_only_for_a_dit_without_a_video_prior(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "streamchar", "say", "Hi.", "--dit", "dit", "--video-prior-only",
+@pytest.mark.parametrize("flag, message", [("--video-prior-only", "needs a DiT with a video prior"),
+                                           ("--audio-prior-only", "needs a DiT with an audio prior")])
+def test_say_refuses_a_prior_only_setting_for_a_dit_without_that_prior(tmp_path, flag, message):
+    proc = subprocess.run([sys.executable, "-m", "streamchar", "say", "Hi.", "--dit", "dit", flag,
                            "-o", str(tmp_path / "x.mp4")], cwd=ROOT, env=service_env(), capture_output=True,
                           text=True, timeout=120)
-    assert proc.returncode == 1 and "needs a DiT with a video prior" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.mp4").exists()
 
 

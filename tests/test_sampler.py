@@ -159,6 +159,14 @@ def test_a_prior_models_audio_is_denoised_as_a_residual_over_the_prior(guidance:
     copies = 2 if guidance != 1.0 else 1
     for call in model.calls:  # every forward, both CFG branches, sees the same prior mean
         assert torch.equal(call["audio_prior"], torch.cat([prior] * copies))
+    # audio_prior_only: the audio is the prior mean alone, the video still the model's
+    video, audio = FlowMatchingSampler(4, guidance=guidance, audio_prior_only=True).sample(
+        model, cond, *shapes_noise(video_shape, audio_shape))
+    torch.testing.assert_close(audio, prior, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(video, x0_video, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="audio prior"):
+        FlowMatchingSampler(4, audio_prior_only=True).sample(StraightFlow(x0_video, x0_audio), cond,
+                                                              *shapes_noise(video_shape, audio_shape))
 
 
 def shapes_noise(video_shape, audio_shape):

@@ -71,6 +71,7 @@ class RendererConfig:
     video_temperature: float = 1.0  # the video's starting noise scale (docs/eval/teacher/dit.md)
     # The video is the DiT's video prior mean alone (a teacher with one; docs/eval/teacher/dit.md).
     video_prior_only: bool = False
+    audio_prior_only: bool = False  # the same for the audio: the DiT's audio prior mean alone
     # The audio's own CFG scale (None: guidance). The prior teacher's audio is clearest unguided (1) while
     # its video keeps guidance 3 (docs/eval/teacher/dit.md).
     audio_guidance: float | None = None
@@ -302,19 +303,21 @@ async def start(config: RendererConfig) -> RunningServer:
     except (ValueError, FileNotFoundError) as e:
         raise RuntimeError(f"renderer: {e}") from None
     logging.getLogger(__name__).info("renderer models loaded (%s, DiT %s) on %s, %d steps, guidance %.2f, "
-                                     "audio temperature %.2f, audio guidance %s, video temperature %.2f%s%s",
+                                     "audio temperature %.2f, audio guidance %s, video temperature %.2f%s%s%s",
                                      "trained" if models.trained else "UNTRAINED random init", config.dit,
                                      models.device, config.steps, config.guidance, config.audio_temperature,
                                      "as video" if config.audio_guidance is None else f"{config.audio_guidance:.2f}",
                                      config.video_temperature, "" if config.sink else ", no sink",
-                                     ", video = the video prior" if config.video_prior_only else "")
+                                     ", video = the video prior" if config.video_prior_only else "",
+                                     ", audio = the audio prior" if config.audio_prior_only else "")
     store = open_store(config.store_url, config.session_ttl_seconds)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render-engine")
     try:
         engine = RenderEngine(models, config.steps, config.guidance, config.max_batch, executor, sink=config.sink,
                               audio_temperature=config.audio_temperature, audio_guidance=config.audio_guidance,
-                              video_temperature=config.video_temperature, video_prior_only=config.video_prior_only)
-    except ValueError as e:  # a setting this DiT cannot honour (video_prior_only without a video prior)
+                              video_temperature=config.video_temperature, video_prior_only=config.video_prior_only,
+                              audio_prior_only=config.audio_prior_only)
+    except ValueError as e:  # a setting this DiT cannot honour (video_prior_only without a video prior, ...)
         executor.shutdown(wait=False)
         raise RuntimeError(f"renderer: {e}") from None
     channel = grpc.aio.insecure_channel(config.orchestrator_address, options=channel_options())

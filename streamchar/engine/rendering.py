@@ -112,16 +112,19 @@ class RenderEngine:
     def __init__(self, models: RendererModels, steps: int, guidance: float, max_batch: int,
                  executor: ThreadPoolExecutor, sink: bool = True, audio_temperature: float = 1.0,
                  audio_guidance: float | None = None, video_temperature: float = 1.0,
-                 video_prior_only: bool = False) -> None:
+                 video_prior_only: bool = False, audio_prior_only: bool = False) -> None:
         """sink=False: the DiT never sees the session's sink chunk (an ablation; the session state still
-        keeps it). audio_temperature, audio_guidance, video_temperature, video_prior_only: the sampler's
-        (``FlowMatchingSampler``); video_prior_only needs a DiT with a video prior (ValueError here otherwise)."""
+        keeps it). audio_temperature, audio_guidance, video_temperature, video_prior_only, audio_prior_only: the
+        sampler's (``FlowMatchingSampler``); video_prior_only needs a DiT with a video prior and
+        audio_prior_only one with an audio prior (ValueError here otherwise)."""
         if video_prior_only and getattr(models.dit, "video_prior", None) is None:
             raise ValueError("video_prior_only needs a DiT with a video prior; this one has none")
+        if audio_prior_only and getattr(models.dit, "prior", None) is None:
+            raise ValueError("audio_prior_only needs a DiT with an audio prior; this one has none")
         self.models = models
         self.sampler = FlowMatchingSampler(steps, guidance, audio_temperature=audio_temperature,
                                            audio_guidance=audio_guidance, video_temperature=video_temperature,
-                                           video_prior_only=video_prior_only)
+                                           video_prior_only=video_prior_only, audio_prior_only=audio_prior_only)
         self.sink = sink
         self.max_batch = max_batch
         self.executor = executor

@@ -56,7 +56,7 @@ def check_guidance(value: float, name: str = "guidance") -> float:
 class FlowMatchingSampler:
     def __init__(self, steps: int, guidance: float = 1.0, shift: float = 1.0, audio_temperature: float = 1.0,
                  audio_guidance: float | None = None, video_temperature: float = 1.0,
-                 video_prior_only: bool = False) -> None:
+                 video_prior_only: bool = False, audio_prior_only: bool = False) -> None:
         """steps: model evaluations (x2 batch when guided); guidance: CFG scale on the speech
         units (1 = off); audio_guidance: the audio's own CFG scale (None: `guidance`); shift > 1
         spends more steps at high noise (SD3-style time shift);
@@ -65,7 +65,8 @@ class FlowMatchingSampler:
         temperature of Grad-TTS do; 0: the flow from the noise's mode, deterministic); video_temperature: the
         same for the video's starting noise; video_prior_only: the video is the model's video prior mean
         alone (its own video velocity is replaced by a zero clean residual; needs a model with a video
-        prior), while the audio is still denoised with that video in the window."""
+        prior), while the audio is still denoised with that video in the window; audio_prior_only: the
+        same for the audio (the model's audio prior mean alone; needs a model with an audio prior)."""
         if steps < 1:
             raise ValueError("steps must be >= 1")
         if shift <= 0:
@@ -77,6 +78,7 @@ class FlowMatchingSampler:
         self.audio_temperature = check_audio_temperature(audio_temperature)
         self.video_temperature = check_audio_temperature(video_temperature, "video_temperature")
         self.video_prior_only = bool(video_prior_only)
+        self.audio_prior_only = bool(audio_prior_only)
 
     def timesteps(self) -> Tensor:
         """[steps + 1] noise levels from 1 down to 0."""
@@ -109,6 +111,8 @@ class FlowMatchingSampler:
                             cond.get("has_next")) if prior_mean is not None else None)
         if prior is not None:
             cond["audio_prior"] = prior
+        elif self.audio_prior_only:
+            raise ValueError("audio_prior_only needs a DiT with an audio prior (prior_layers > 0)")
         video_prior_mean = getattr(model, "video_prior_mean", None)
         video_prior = (video_prior_mean(cond["units"], cond.get("previous_units"), cond.get("has_motion"),
                                         cond["ref_video"], cond["motion_video"], cond["has_motion"])
@@ -137,6 +141,8 @@ class FlowMatchingSampler:
                 audio_velocity = _guide(audio_velocity, self.audio_guidance)
             if self.video_prior_only:
                 video_velocity = video / t_now  # x0 = x_t - t v = 0: the residual over the prior stays zero
+            if self.audio_prior_only:
+                audio_velocity = audio / t_now
             video = video + (t_next - t_now) * video_velocity
             audio = audio + (t_next - t_now) * audio_velocity
         return (video if video_prior is None else video + video_prior,

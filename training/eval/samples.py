@@ -52,7 +52,7 @@ def held_out_prompts(count: int, config: CorpusConfig = CorpusConfig()) -> list[
 def render_samples(out_dir: str | Path, count: int = 3, checkpoint: str = "", steps: int = 4,
                    guidance: float = 1.0, stride: int = 6, columns: int = 12, dit: str = "dit",
                    audio_temperature: float = 1.0, audio_guidance: float | None = None,
-                   video_prior_only: bool = False) -> list[SampleVideo]:
+                   video_prior_only: bool = False, audio_prior_only: bool = False) -> list[SampleVideo]:
     from PIL import Image
 
     from streamchar.media.mux import FragmentedMP4Muxer
@@ -63,7 +63,7 @@ def render_samples(out_dir: str | Path, count: int = 3, checkpoint: str = "", st
     out_dir.mkdir(parents=True, exist_ok=True)
     pipeline = Pipeline(PipelineConfig(checkpoint=checkpoint, dit=dit, steps=steps, guidance=guidance,
                                        audio_temperature=audio_temperature, audio_guidance=audio_guidance,
-                                       video_prior_only=video_prior_only, seed=1))
+                                       video_prior_only=video_prior_only, audio_prior_only=audio_prior_only, seed=1))
     size = pipeline.renderer_models.image_size
     videos: list[SampleVideo] = []
 
@@ -105,7 +105,8 @@ def render_samples(out_dir: str | Path, count: int = 3, checkpoint: str = "", st
              f"Rendered with the bundle's `{dit}/`, {steps} steps, guidance {guidance:g}"
              + (f" (audio {audio_guidance:g})" if audio_guidance is not None else "")
              + f", audio temperature {audio_temperature:g}"
-             + (", the video the DiT's video prior mean" if video_prior_only else "") + ".", "",
+             + (", the video the DiT's video prior mean" if video_prior_only else "")
+             + (", the audio the DiT's audio prior mean" if audio_prior_only else "") + ".", "",
              "![contact sheet](contact_sheet.png)", ""]
     for v in videos:
         lines.append(f"- [{v.path.name}]({v.path.name}) (test identity {v.identity_id}, {len(v.frames) / TB.fps:.1f} s): "
