@@ -172,3 +172,39 @@ async def test_live_session_idles_with_filler_while_waiting_for_text(stack, char
     assert len(progress) >= 5
     assert progress[-1].pointer == len(text)
     assert [p.chunk_index for p in progress] == list(range(len(progress)))
+
+
+@pytest.mark.asyncio
+async def test_a_lookahead_renderer_renders_each_chunk_with_the_next_chunks_units(redis_server, character_png, spans):
+    """The shipped dit-vprior's audio prior reads the next chunk's units: the renderer, pulling conditions
+    ahead, renders every chunk with them (the last one with silence after it), and the text is spoken."""
+    from opentelemetry import trace
+
+    from services.gateway.server import GatewayConfig
+    from services.gateway.server import start as start_gateway
+    from services.orchestrator.server import OrchestratorConfig
+    from services.orchestrator.server import start as start_orchestrator
+    from services.renderer.server import RendererConfig
+    from services.renderer.server import start as start_renderer
+
+    orch = await start_orchestrator(OrchestratorConfig(address="127.0.0.1:0", store_url=redis_server.url))
+    # A generous wait: on a loaded machine the LM may take a while for a chunk; it is never needed this long.
+    rend = await start_renderer(RendererConfig(address="127.0.0.1:0", store_url=redis_server.url,
+                                               orchestrator_address=f"127.0.0.1:{orch.port}", dit="dit-vprior",
+                                               steps=2, video_prior_only=True, audio_prior_only=True,
+                                               lookahead_wait_seconds=5.0))
+    gw = await start_gateway(GatewayConfig(address="127.0.0.1:0", store_url=redis_server.url,
+                                           renderer_address=f"127.0.0.1:{rend.port}"))
+    try:
+        async with AsyncClient(f"127.0.0.1:{gw.port}") as client:
+            result = await client.speak(words("Every chunk hears what comes next."), character_png)
+    finally:
+        for running in (gw, rend, orch):
+            await running.stop(0.5)
+    trace.get_tracer_provider().force_flush()
+    chunks = sorted((s.attributes["streamchar.chunk_index"], s.attributes["streamchar.next_units_known"])
+                    for s in spans.get_finished_spans()
+                    if s.name == "renderer.chunk" and s.attributes.get("streamchar.session_id") == result.session_id)
+    n = len(result.chunk_indices)
+    assert n >= 3 and chunks == [(k, True) for k in range(n)]
+    assert result.progress[-1].pointer == len("".join(w + " " for w in "Every chunk hears what comes next.".split(" ")))

@@ -515,3 +515,15 @@ def test_speech_latents_are_the_dit_caches_audio_and_units_and_draw_like_chunks(
         assert any(torch.equal(torch.cat([latents.units[int(latents.frame_offset[s]) + (k + 1) * Fc:]
                                           [:max(0, int(latents.num_frames[s]) - (k + 1) * Fc)][:Fc],
                                           torch.full((Fc,), silence)])[:Fc], ahead[row]) for s, k in hits)
+
+
+def test_a_prior_fits_learning_rate_warms_up_then_decays_to_its_floor() -> None:
+    from training.trainers.dit import PriorFitConfig
+
+    config = PriorFitConfig(steps=1000, lr=1e-3, warmup_steps=100, min_lr_ratio=0.05)
+    assert config.lr_at(1) == pytest.approx(1e-5) and config.lr_at(100) == pytest.approx(1e-3)
+    lrs = [config.lr_at(step) for step in range(100, 1001)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == pytest.approx(5e-5)
+    assert {PriorFitConfig(steps=10).lr_at(s) for s in range(1, 11)} == {2e-3}  # the default: constant
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        PriorFitConfig(min_lr_ratio=0.0)

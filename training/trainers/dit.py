@@ -154,7 +154,11 @@ class PriorFitConfig:
 
     steps: int = 1500
     batch_size: int = 64  # chunks
-    lr: float = 2e-3  # AdamW, constant
+    lr: float = 2e-3  # AdamW
+    # The learning rate's schedule: linear warm-up over warmup_steps, then a cosine decay to lr *
+    # min_lr_ratio at the last step (1.0: constant after the warm-up).
+    warmup_steps: int = 0
+    min_lr_ratio: float = 1.0
     seed: int = 0
     refit: bool = False  # fit again at a run's start even if the initial weights hold a fitted prior
     # Speech-only corpora (``streamchar corpus --speech-only``): their audio and aligned units train the
@@ -168,6 +172,15 @@ class PriorFitConfig:
         object.__setattr__(self, "extra_corpora", tuple(self.extra_corpora))
         if not 0.0 <= self.extra_share < 1.0:
             raise ValueError(f"prior.extra_share must be in [0, 1), got {self.extra_share}")
+        if self.warmup_steps < 0 or not 0.0 < self.min_lr_ratio <= 1.0:
+            raise ValueError("prior.warmup_steps must be >= 0 and prior.min_lr_ratio in (0, 1]")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of fitting step `step` (1-based)."""
+        if step <= self.warmup_steps:
+            return self.lr * step / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        return self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 @dataclass(frozen=True)
@@ -302,6 +315,7 @@ def fit_prior(model: EMADiT, sampler: ChunkSampler, config: PriorFitConfig, info
     prior = model.dit.prior
     started = time.perf_counter()
     record: dict[str, Any] = {"steps": config.steps, "batch_size": config.batch_size, "lr": config.lr,
+                              "warmup_steps": config.warmup_steps, "min_lr_ratio": config.min_lr_ratio,
                               "extra_corpora": list(config.extra_corpora), "extra_share": config.extra_share}
     if info.is_main:
         extra = SpeechLatents.concat([speech_latents(c, data.cache, codecs) for c in config.extra_corpora]) \
@@ -323,6 +337,8 @@ def fit_prior(model: EMADiT, sampler: ChunkSampler, config: PriorFitConfig, info
             *inputs, audio = (x.to(info.device) for x in rows)
             mean = fitting(*inputs)
             loss = F.mse_loss(mean, audio.to(info.device))
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr_at(step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -359,6 +375,7 @@ def fit_video_prior(model: EMADiT, sampler: ChunkSampler, config: PriorFitConfig
     prior = model.dit.video_prior
     started = time.perf_counter()
     record: dict[str, Any] = {"steps": config.steps, "batch_size": config.batch_size, "lr": config.lr,
+                              "warmup_steps": config.warmup_steps, "min_lr_ratio": config.min_lr_ratio,
                               "mouth_weight": objective.mouth_weight}
     if info.is_main:
         generator = torch.Generator().manual_seed(config.seed)
@@ -373,6 +390,8 @@ def fit_video_prior(model: EMADiT, sampler: ChunkSampler, config: PriorFitConfig
             mean = fitting(c.units, c.previous_units, c.has_motion, c.ref_video, c.motion_video, c.has_motion)
             error = (mean - batch.video) ** 2  # [B, F, C, h, w]
             loss = (error * weight).mean() / weight.mean()
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr_at(step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
