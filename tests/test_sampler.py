@@ -260,3 +260,31 @@ def test_a_video_prior_models_video_is_a_residual_and_video_prior_only_keeps_the
     torch.testing.assert_close(audio, x0_audio, rtol=1e-5, atol=1e-5)  # the audio is still the model's
     with pytest.raises(ValueError, match="video prior"):
         FlowMatchingSampler(4, video_prior_only=True).sample(StraightFlow(x0_video, x0_audio), cond, *noise)
+
+
+class BothPriorsFlow(VideoPriorFlow):
+    """A VideoPriorFlow whose audio is a residual over a fixed audio prior mean too."""
+
+    def __init__(self, video_x0, audio_x0, video_prior, audio_prior) -> None:
+        super().__init__(video_x0, audio_x0 - audio_prior, video_prior)
+        self.audio_prior = audio_prior
+
+    def prior_mean(self, units, previous_units=None, has_previous=None, next_units=None, has_next=None):
+        return self.audio_prior
+
+
+def test_with_both_residuals_held_at_zero_the_sample_is_the_two_means_without_a_model_call() -> None:
+    video_shape, audio_shape = shapes(batch=2)
+    x0_video, x0_audio = torch.randn(video_shape), torch.randn(audio_shape)
+    video_prior, audio_prior = torch.randn(video_shape), torch.randn(audio_shape)
+    model = BothPriorsFlow(x0_video, x0_audio, video_prior, audio_prior)
+    cond = condition(batch=2) | {"motion_video": torch.randn(2, 2, 4, 2, 2), "has_motion": torch.tensor([True, False])}
+    noise = shapes_noise(video_shape, audio_shape)
+    video, audio = FlowMatchingSampler(8, guidance=3.0, video_prior_only=True, audio_prior_only=True).sample(
+        model, cond, *noise)
+    assert torch.equal(video, video_prior) and torch.equal(audio, audio_prior) and not model.calls
+    # what the flow with one residual held at zero gives for that modality, the model called
+    video, audio = FlowMatchingSampler(8, guidance=3.0, audio_prior_only=True).sample(model, cond, *noise)
+    torch.testing.assert_close(audio, audio_prior, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(video, x0_video, rtol=1e-5, atol=1e-5)
+    assert model.calls
