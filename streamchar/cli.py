@@ -239,13 +239,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         manifest = load_manifest(corpus)
     except FileNotFoundError:
         raise SystemExit(f"no corpus at {corpus}: generate it first with `streamchar corpus --out {corpus}`") from None
-    short = short_clip_items(corpus, limit=args.short_limit) if "short" in protocols else []
+    if args.split != "test" and "long" in protocols:
+        raise SystemExit("--split applies to the short-clip protocol only: add --protocol short")
+    short = short_clip_items(corpus, limit=args.short_limit, split=args.split) if "short" in protocols else []
     long = (long_stream_items(corpus, sessions=args.long_sessions, minutes=args.long_minutes,
                               words_per_second=args.words_per_second) if "long" in protocols else [])
     results = evaluate(systems, short, long, Evaluators.load(), window_seconds=args.window_seconds,
                        progress=not args.quiet, concurrency=args.concurrency)
     argv = ["streamchar", "evaluate", *sys.argv[2:]] if args.command_line is None else shlex.split(args.command_line)
     meta = run_meta(shlex.join(argv), corpus, manifest.seed, args.window_seconds, time.perf_counter() - t0)
+    meta["split"] = args.split
     path = write_report(results, args.out, meta)
     print(path.read_text())
     return 0
@@ -435,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--corpus", default="data/corpus")
     ev.add_argument("--out", default="out/eval")
     ev.add_argument("--short-limit", type=int, default=None, help="at most this many short clips")
+    ev.add_argument("--split", choices=("test", "val"), default="test",
+                    help="the short clips' split: test (the report), or val (to choose settings on)")
     ev.add_argument("--long-sessions", type=int, default=3)
     ev.add_argument("--long-minutes", type=float, default=5.0)
     ev.add_argument("--words-per-second", type=float, default=15.0, help="pace of the long streams' text")

@@ -56,6 +56,9 @@ def test_short_clips_are_test_utterances_of_3_to_10_seconds(corpus):
         # The reference is the identity's neutral render: close to its frames, not one of them.
         assert np.abs(it.reference.astype(float) - it.frames[0]).mean() < 20
     assert len(short_clip_items(corpus, limit=1)) == 1
+    # another split (val, to choose settings on) is read from its own shards: this corpus has none
+    with pytest.raises(FileNotFoundError, match="no val shards"):
+        short_clip_items(corpus, split="val")
 
 
 def test_the_codec_round_trip_keeps_the_clip_and_its_sync(corpus):

@@ -407,3 +407,15 @@ def test_a_video_prior_dit_warm_started_from_a_plain_one_starts_as_it(tmp_path) 
         mean = model.video_prior_mean(*video_prior_inputs(inputs))
     for a, b in zip(run(plain, inputs), run(model, dict(inputs, video_prior=mean))):
         torch.testing.assert_close(a, b)
+
+
+def test_the_audio_prior_can_be_wider_than_the_dit() -> None:
+    config = dataclasses.replace(PRIOR_CONFIG, prior_width=48)
+    model = randomized_model(config)
+    assert model.prior.convs[0].weight.shape[:2] == (48, 48) and model.prior.embed.weight.shape[1] == 48
+    inputs = make_inputs(config)
+    mean = model.prior_mean(inputs["units"])
+    assert mean.shape == inputs["audio_noisy"].shape
+    run(model, dict(inputs, audio_prior=mean))
+    with pytest.raises(ValueError, match="prior_width"):
+        dataclasses.replace(PRIOR_CONFIG, prior_width=-1)

@@ -278,3 +278,19 @@ def test_transformers_autotokenizer_loads(saved):
     assert tok.decode(v.text_ids(TEXT)) == TEXT
     assert tok(TEXT).input_ids == [v.bos_id, *v.text_ids(TEXT)]
     assert tok.convert_ids_to_tokens([v.unit_id(5), v.adv_id(1)]) == ["<unit_5>", "<adv_1>"]
+
+
+def test_the_orchestrator_service_can_override_the_checkpoints_advance_bias():
+    """OrchestratorConfig.advance_bias (STREAMCHAR_ADVANCE_BIAS) replaces the shipped checkpoint's decoding
+    bias on the advance tokens; unset, the checkpoint's own applies."""
+    from services.orchestrator.server import OrchestratorConfig, build_engine
+    from streamchar.state.store import MemorySessionStore
+    from streamchar.timebase import TimeBase
+
+    own, _ = build_engine(OrchestratorConfig(), MemorySessionStore(), TimeBase())
+    assert set(own.backend._bias.tolist()) == {own.backend.model.advance_bias} != {0.0}
+    other, _ = build_engine(OrchestratorConfig(advance_bias=0.25), MemorySessionStore(), TimeBase())
+    assert set(other.backend._bias.tolist()) == {0.25}
+    assert own.backend._bias_ids.tolist() == other.backend._bias_ids.tolist()
+    with pytest.raises(ValueError, match="advance_bias"):
+        OrchestratorConfig(advance_bias=50.0)

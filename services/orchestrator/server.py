@@ -24,6 +24,7 @@ from streamchar.errors import InvalidInput
 from streamchar.grpcutil import RunningServer, build_server, guarded_stream, run_service
 from streamchar.logutil import session_logger
 from streamchar.models.bundle import load_orchestrator, load_orchestrator_decoding
+from streamchar.models.orchestrator_lm import advance_logit_bias
 from streamchar.session import SessionMeta
 from streamchar.state.store import SessionStore, open_store
 from streamchar.telemetry import SESSIONS, incoming_context, record_chunk, setup_tracing, start_metrics, tracer
@@ -52,8 +53,13 @@ class OrchestratorConfig:
     grace_seconds: float = 5.0
     log_level: str = "INFO"
     protocol: ProtocolConfig = ProtocolConfig()
+    # The advance bias of decoding (added to the logits of the non-zero advances: a higher one speaks
+    # faster); None: the checkpoint's own (``decoding.advance_bias`` in its streamchar.json).
+    advance_bias: float | None = None
 
     def __post_init__(self) -> None:
+        if self.advance_bias is not None and not -10.0 <= self.advance_bias <= 10.0:
+            raise ValueError(f"advance_bias must be in [-10, 10], got {self.advance_bias}")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown orchestrator backend {self.backend!r} (available: {', '.join(BACKENDS)})")
 
@@ -178,9 +184,13 @@ def build_engine(config: OrchestratorConfig, store: SessionStore, time_base: Tim
     backend: LMBackend
     if config.backend == "vllm":
         _, vocab, logit_bias, trained = load_orchestrator_decoding(config.checkpoint or None)
+        if config.advance_bias is not None:
+            logit_bias = advance_logit_bias(vocab, config.advance_bias)
         backend = VLLMBackend(config.vllm, logit_bias)
     else:
         model, vocab, trained = load_orchestrator(config.checkpoint or None)
+        if config.advance_bias is not None:
+            model.advance_bias = config.advance_bias
         backend = EmbeddedLMBackend(model, logit_bias=model.logit_bias(vocab))
     protocol = OrchestratorProtocol(vocab, time_base.frames_per_chunk, config.protocol)
     return OrchestratorEngine(store, backend, vocab, protocol), trained

@@ -49,6 +49,7 @@ class JointDiTConfig:
     # (see AudioPrior).
     prior_layers: int = 0
     prior_kernel: int = 5
+    prior_width: int = 0  # the audio prior's channels (0: the DiT's width)
     # Frames of the previous chunk's units the prior reads in front of the chunk's own (0: none). They
     # are known when a chunk is rendered (the session keeps them), unlike the next chunk's.
     prior_context: int = 0
@@ -75,8 +76,8 @@ class JointDiTConfig:
             raise ValueError("width must be even for the sinusoidal embeddings")
         if not 0.0 <= self.cond_dropout <= 1.0:
             raise ValueError("cond_dropout must be in [0, 1]")
-        if self.prior_layers < 0 or self.prior_kernel < 1 or self.prior_kernel % 2 == 0:
-            raise ValueError("need prior_layers >= 0 and an odd prior_kernel >= 1")
+        if self.prior_layers < 0 or self.prior_kernel < 1 or self.prior_kernel % 2 == 0 or self.prior_width < 0:
+            raise ValueError("need prior_layers >= 0, an odd prior_kernel >= 1 and prior_width >= 0")
         if not 0 <= self.prior_context <= self.frames_per_chunk or (self.prior_context and not self.prior_layers):
             raise ValueError(f"prior_context must be in [0, frames_per_chunk = {self.frames_per_chunk}] "
                              "and needs prior_layers > 0")
@@ -265,10 +266,11 @@ class AudioPrior(nn.Module):
         self.context, self.lookahead = c.prior_context, c.prior_lookahead
         # "no previous chunk" / "next units not known": an extra row only when the prior reads either
         self.pad_unit = c.num_units + 2
-        self.embed = nn.Embedding(c.num_units + 2 + (1 if c.prior_context or c.prior_lookahead else 0), c.width)
-        self.convs = nn.ModuleList([nn.Conv1d(c.width, c.width, c.prior_kernel, padding=c.prior_kernel // 2)
+        W = c.prior_width or c.width
+        self.embed = nn.Embedding(c.num_units + 2 + (1 if c.prior_context or c.prior_lookahead else 0), W)
+        self.convs = nn.ModuleList([nn.Conv1d(W, W, c.prior_kernel, padding=c.prior_kernel // 2)
                                     for _ in range(c.prior_layers)])
-        self.out = nn.Linear(c.width, c.mel_per_frame * c.audio_channels)
+        self.out = nn.Linear(W, c.mel_per_frame * c.audio_channels)
         # 0 until fitted: a trainer that finds 0 (a fresh prior, or a warm start from a DiT without one)
         # fits it first; saved with the weights.
         self.register_buffer("fitted_steps", torch.zeros((), dtype=torch.long))

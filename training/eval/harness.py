@@ -229,7 +229,8 @@ def write_report(results: dict[str, Any], out_dir: str | Path, meta: dict[str, A
              f"- generated {meta['date']} on {meta['machine']}, in {meta['wall_minutes']:.1f} min"
              + (f" (load average {meta['load']}: timings are only comparable within one report)" if "load" in meta
                 else ""),
-             f"- corpus: `{meta['corpus']}` (seed {meta['corpus_seed']}), held-out test identities and voices",
+             f"- corpus: `{meta['corpus']}` (seed {meta['corpus_seed']}), held-out {meta.get('split', 'test')} "
+             "identities and voices",
              "- evaluators (frozen, trained on the train split): recognizer `training/eval/checkpoints/recognizer`, "
              "sync `training/eval/checkpoints/sync`, visual `training/eval/checkpoints/visual`", ""]
     for r in rows:

@@ -70,12 +70,13 @@ class EvalItem:
 
 
 def short_clip_items(corpus: str | Path, limit: int | None = None, min_seconds: float = SHORT_MIN_SECONDS,
-                     max_seconds: float = SHORT_MAX_SECONDS) -> list[EvalItem]:
-    """The test split's utterances of `min_seconds`..`max_seconds`, in corpus order (first `limit`)."""
+                     max_seconds: float = SHORT_MAX_SECONDS, split: str = "test") -> list[EvalItem]:
+    """The `split`'s utterances of `min_seconds`..`max_seconds`, in corpus order (first `limit`): the held-out
+    test split, or the validation split (its identities and voices are held out too) to choose settings on."""
     items: list[EvalItem] = []
-    paths = shard_paths(Path(corpus), "test")
+    paths = shard_paths(Path(corpus), split)
     if not paths:
-        raise FileNotFoundError(f"no test shards under {corpus}: generate the corpus first (streamchar corpus)")
+        raise FileNotFoundError(f"no {split} shards under {corpus}: generate the corpus first (streamchar corpus)")
     for path in paths:
         shard = Shard(path)
         for i, record in enumerate(shard.records):

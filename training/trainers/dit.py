@@ -107,6 +107,7 @@ class DiTModelConfig:
     cond_dropout: float | None = None
     prior_layers: int | None = None  # > 0: an audio prior (joint_dit.AudioPrior), fitted first, then frozen
     prior_kernel: int | None = None
+    prior_width: int | None = None  # the audio prior's channels (0: the DiT's width)
     prior_context: int | None = None
     prior_lookahead: int | None = None  # the next chunk's first units the audio prior reads (joint_dit.AudioPrior)
     video_prior_layers: int | None = None  # > 0: a video prior (joint_dit.VideoPrior), fitted first, then frozen
