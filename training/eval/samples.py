@@ -102,11 +102,13 @@ def render_samples(out_dir: str | Path, count: int = 3, checkpoint: str = "", st
     lines = ["# Sample videos: held-out characters", "",
              f"Reference image (left) then every {stride}th frame ({stride / TB.fps:.2f} s apart), one row per sample.",
              "Trained: " + ("yes" if pipeline.trained else "NO (untrained parts; see the bundle)"),
-             f"Rendered with the bundle's `{dit}/`, {steps} steps, guidance {guidance:g}"
-             + (f" (audio {audio_guidance:g})" if audio_guidance is not None else "")
-             + f", audio temperature {audio_temperature:g}"
-             + (", the video the DiT's video prior mean" if video_prior_only else "")
-             + (", the audio the DiT's audio prior mean" if audio_prior_only else "") + ".", "",
+             (f"Rendered with the bundle's `{dit}/`: the DiT's video and audio prior means (no denoising steps)."
+              if video_prior_only and audio_prior_only else
+              f"Rendered with the bundle's `{dit}/`, {steps} steps, guidance {guidance:g}"
+              + (f" (audio {audio_guidance:g})" if audio_guidance is not None else "")
+              + f", audio temperature {audio_temperature:g}"
+              + (", the video the DiT's video prior mean" if video_prior_only else "")
+              + (", the audio the DiT's audio prior mean" if audio_prior_only else "") + "."), "",
              "![contact sheet](contact_sheet.png)", ""]
     for v in videos:
         lines.append(f"- [{v.path.name}]({v.path.name}) (test identity {v.identity_id}, {len(v.frames) / TB.fps:.1f} s): "
