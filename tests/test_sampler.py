@@ -263,14 +263,13 @@ def test_a_video_prior_models_video_is_a_residual_and_video_prior_only_keeps_the
 
 
 class BothPriorsFlow(VideoPriorFlow):
-    """A VideoPriorFlow whose audio is a residual over a fixed audio prior mean too."""
+    """A VideoPriorFlow whose audio is a residual over a fixed audio prior mean too (PriorFlow's)."""
+
+    prior_mean = PriorFlow.prior_mean
 
     def __init__(self, video_x0, audio_x0, video_prior, audio_prior) -> None:
         super().__init__(video_x0, audio_x0 - audio_prior, video_prior)
-        self.audio_prior = audio_prior
-
-    def prior_mean(self, units, previous_units=None, has_previous=None, next_units=None, has_next=None):
-        return self.audio_prior
+        self.prior, self.prior_units = audio_prior, []
 
 
 def test_with_both_residuals_held_at_zero_the_sample_is_the_two_means_without_a_model_call() -> None:

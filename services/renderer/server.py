@@ -114,7 +114,7 @@ class RendererService(renderer_pb2_grpc.RendererServicer):
         self.sessions = session_renderer
         self.models = session_renderer.engine.models
         dit_config = self.models.dit.config
-        self.lookahead = dit_config.prior_lookahead if dit_config.prior_layers else 0
+        self.lookahead = dit_config.prior_lookahead  # > 0 only with an audio prior (JointDiTConfig checks)
         self.silence = [dit_config.silence_unit] * self.models.time_base.frames_per_chunk
         self.orchestrator = orchestrator
         self.tracer = tracer(SERVICE)

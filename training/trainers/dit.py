@@ -87,7 +87,7 @@ from training.pipelines.dit_data import (
     speech_latents,
     splits_in,
 )
-from training.trainers.runtime import DistInfo, RunConfig, Trainer, init_distributed, load_train_config
+from training.trainers.runtime import DistInfo, RunConfig, Trainer, cosine_decay, init_distributed, load_train_config
 
 log = logging.getLogger(__name__)
 TB = TimeBase()
@@ -181,7 +181,7 @@ class PriorFitConfig:
         if step <= self.warmup_steps:
             return self.lr * step / self.warmup_steps
         progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
-        return self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+        return self.lr * cosine_decay(progress, self.min_lr_ratio)
 
 
 @dataclass(frozen=True)
@@ -337,7 +337,7 @@ def fit_prior(model: EMADiT, sampler: ChunkSampler, config: PriorFitConfig, info
                 rows = tuple(torch.cat(pair) for pair in zip(rows, more))
             *inputs, audio = (x.to(info.device) for x in rows)
             mean = fitting(*inputs)
-            loss = F.mse_loss(mean, audio.to(info.device))
+            loss = F.mse_loss(mean, audio)
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(step)
             optimizer.zero_grad(set_to_none=True)

@@ -53,6 +53,10 @@ from streamchar.config import ConfigError, load_config
 log = logging.getLogger(__name__)
 
 
+def cosine_decay(progress: float, min_ratio: float) -> float:
+    """The learning-rate factor of a cosine decay from 1 to `min_ratio` over progress 0..1."""
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
 @dataclass(frozen=True)
 class RunConfig:
     out: str = "runs/default"
@@ -226,7 +230,7 @@ class Trainer:
         def schedule(i: int) -> float:
             warm = min(1.0, (i + 1) / max(1, r.warmup_steps))
             progress = min(1.0, max(0, i - r.warmup_steps) / max(1, r.steps - r.warmup_steps))
-            return warm * (r.min_lr_ratio + (1 - r.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+            return warm * cosine_decay(progress, r.min_lr_ratio)
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.step = 0
