@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from streamchar.errors import InvalidInput
 from streamchar.logutil import setup_logging
 from streamchar.timebase import TimeBase
 
@@ -60,7 +61,10 @@ def cmd_say(args: argparse.Namespace) -> int:
         finally:
             await pipeline.close()
 
-    data, result = asyncio.run(run())
+    try:
+        data, result = asyncio.run(run())
+    except InvalidInput as e:  # e.g. a voice the orchestrator LM does not speak
+        raise SystemExit(f"streamchar say: {e}") from None
     bar.close()
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -327,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("text")
     say.add_argument("--character", help="reference image of the character (default: the bundled one)")
     say.add_argument("-o", "--output", default="out/say.mp4")
-    say.add_argument("--voice", default="")
+    say.add_argument("--voice", default="", help="the accent to speak in: one of the orchestrator LM's (en-us, en-gb, en-gb-scotland, ...); default: its own")
     say.add_argument("--checkpoint", default="", help="bundle directory (default: the shipped tiny bundle)")
     say.add_argument("--dit", default="dit", help="the bundle's DiT: dit (the distilled student, 4 steps), "
                      "dit-stage1, or teacher (with --steps 32 --guidance 3 --audio-temperature 0 --audio-guidance 1)")
@@ -360,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--gateway", default="127.0.0.1:50050")
     client.add_argument("--character")
     client.add_argument("-o", "--output", default="out/client.mp4")
-    client.add_argument("--voice", default="")
+    client.add_argument("--voice", default="", help="the accent to speak in: one of the orchestrator LM's (en-us, en-gb, en-gb-scotland, ...); default: its own")
     client.add_argument("--words", action="store_true", help="send the text word by word, like a chat model")
     client.add_argument("--realtime", action="store_true", help="pace generation to playback")
     client.add_argument("--raw", action="store_true", help="raw RGB frames + PCM (.npz) instead of fMP4")

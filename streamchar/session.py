@@ -43,6 +43,11 @@ def decode_reference(data: bytes, size: int) -> np.ndarray:
     return np.asarray(square, dtype=np.uint8)
 
 
+# Store fields of a session's metadata. The options are JSON (voice, seed, realtime); the
+# orchestrator reads the voice from them (streamchar/engine/orchestration.py).
+F_OPTIONS, F_REFERENCE = "meta.options", "meta.reference"
+
+
 @dataclass(frozen=True)
 class SessionMeta:
     session_id: str
@@ -58,13 +63,13 @@ class SessionMeta:
 
     async def create(self, store: SessionStore) -> None:
         options = {k: v for k, v in asdict(self).items() if k not in ("session_id", "reference")}
-        await store.create(self.session_id, {"meta.options": json.dumps(options).encode(),
-                                             "meta.reference": arrays.pack(self.reference)})
+        await store.create(self.session_id, {F_OPTIONS: json.dumps(options).encode(),
+                                             F_REFERENCE: arrays.pack(self.reference)})
 
     @classmethod
     async def load(cls, store: SessionStore, session_id: str) -> SessionMeta:
-        raw = await store.load(session_id, ["meta.options", "meta.reference"])
-        if raw["meta.options"] is None or raw["meta.reference"] is None:
+        raw = await store.load(session_id, [F_OPTIONS, F_REFERENCE])
+        if raw[F_OPTIONS] is None or raw[F_REFERENCE] is None:
             raise InvalidInput(f"session {session_id!r} is incomplete in the store")
         return cls(session_id=session_id, reference=arrays.unpack(raw["meta.reference"]),
-                   **json.loads(raw["meta.options"]))
+                   **json.loads(raw[F_OPTIONS]))

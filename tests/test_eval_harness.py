@@ -37,6 +37,12 @@ def test_parse_system_specs():
     assert isinstance(p, PipelineSystem)
     assert p.label == "teacher" and p.options == {"checkpoint": "ckpt/t", "steps": "32"}
     assert p.spec == "pipeline,checkpoint=ckpt/t,steps=32"
+    # the voice is a session option, not a service setting: voice=item is each item's own
+    v = parse_system("pipeline,voice=item,steps=4")
+    assert v.options == {"steps": "4"} and v.spec == "pipeline,voice=item,steps=4"
+    item = type("Item", (), {"speaker": {"voice": "en-gb-scotland"}})()
+    assert v.voice_of(item) == "en-gb-scotland" and parse_system("pipeline,voice=en-us").voice_of(item) == "en-us"
+    assert parse_system("pipeline").voice_of(item) == ""
     c = parse_system("codecs,checkpoint=ckpt/t")
     assert isinstance(c, CodecRoundTripSystem) and c.label == "codecs" and c.checkpoint == "ckpt/t"
     assert parse_system("codecs").spec == "codecs"

@@ -67,6 +67,37 @@ def test_vocab_dict_round_trip_and_layout_guard():
         StreamCharVocab.from_dict(d)
 
 
+def test_accents_come_after_every_other_id_and_round_trip():
+    plain = StreamCharVocab(num_units=7, max_advance=3)
+    v = StreamCharVocab(num_units=7, max_advance=3, accents=("en-us", "en-gb-scotland"))
+    # every id of the vocabulary without accents is the same id with them: an LM grows into them
+    assert v.vocab_size == plain.vocab_size + 2
+    assert (v.adv_ids(), v.unit_ids()) == (plain.adv_ids(), plain.unit_ids())
+    assert list(v.accent_ids()) == [plain.vocab_size, plain.vocab_size + 1]
+    assert v.token_str(v.accent_id("en-gb-scotland")) == "<accent_en-gb-scotland>"
+    assert not any(v.is_unit(i) or v.is_adv(i) for i in v.accent_ids())
+    with pytest.raises(ValueError, match="accents: en-us, en-gb-scotland"):
+        v.accent_id("fr-fr")
+    with pytest.raises(ValueError, match="none"):
+        plain.accent_id("en-us")
+    for bad in (("en-us", "en-us"), ("",), ("a b",)):
+        with pytest.raises(ValueError):
+            StreamCharVocab(num_units=7, max_advance=3, accents=bad)
+    d = json.loads(json.dumps(v.to_dict()))
+    assert StreamCharVocab.from_dict(d) == v and d["accent_range"] == [plain.vocab_size, v.vocab_size]
+    assert "accents" not in plain.to_dict()  # checkpoints without accents are written as before
+
+
+def test_tokenizer_json_has_the_accent_tokens(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    v = StreamCharVocab(num_units=7, max_advance=3, accents=("en-us", "en-029"))
+    v.write_hf_tokenizer(tmp_path)
+    tok = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert tok.get_vocab_size() == v.vocab_size
+    assert tok.encode("<accent_en-029><text>hi", add_special_tokens=False).ids == [
+        v.accent_id("en-029"), v.text_id, *v.text_ids("hi")]
+
+
 def test_presets_match_default_vocab():
     assert all(config.vocab_size == DEFAULT_VOCAB.vocab_size for config in PRESETS.values())
     with torch.device("meta"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -109,6 +110,34 @@ def test_streamed_text_gives_the_same_units_when_it_arrives_ahead_of_speech():
     assert [p.units for p in plans] == [p.units for p in whole]
 
 
+def test_the_accent_follows_bos_in_every_context_slides_included():
+    v = StreamCharVocab(num_units=16, max_advance=4, accents=("en-us", "en-gb"))
+    protocol = OrchestratorProtocol(v, F, ProtocolConfig(lookahead_bytes=8, max_context=200, keep_frames=16,
+                                                         keep_text_behind=8, max_stall_frames=3))
+    text = "A long enough text to slide the context several times over. " * 4
+    contexts = []
+
+    def step(context, allowed):
+        contexts.append(list(context))
+        return random.Random(len(context)).choice(allowed)
+
+    plans, state = run(protocol, OrchState(text=text.encode(), text_ended=True, accent="en-gb"), step)
+    assert state.pointer == len(text.encode())
+    starts = {tuple(c[:2]) for c in contexts}
+    assert starts == {(v.bos_id, v.accent_id("en-gb"))}
+    # the context was rebuilt (a later context shorter than an earlier one), and kept the accent
+    assert any(len(b) < len(a) for a, b in zip(contexts, contexts[1:]))
+    # no accent: <bos> then text, as an LM without accents was trained
+    contexts.clear()
+    run(protocol, OrchState(text=b"Hi there.", text_ended=True), step)
+    assert {c[1] for c in contexts} == {v.text_id}
+    assert protocol.check_accent("en-us") == "en-us" and protocol.check_accent("") == ""
+    with pytest.raises(ValueError, match="unknown accent 'xx'"):
+        protocol.check_accent("xx")
+    # an LM without accents speaks its one accent whatever voice a session names
+    assert OrchestratorProtocol(VOCAB, F, ProtocolConfig()).check_accent("en-us") == ""
+
+
 @pytest.fixture
 def engine():
     model, vocab, _ = load_orchestrator()
@@ -134,6 +163,33 @@ async def test_engine_text_append_is_idempotent_and_rejects_gaps(engine):
     await eng.end_text(sid)
     with pytest.raises(FailedPrecondition, match="after end"):
         await eng.append_text(sid, "!", 11)
+
+
+@pytest.mark.asyncio
+async def test_engine_reads_the_accent_from_the_sessions_voice():
+    import numpy as np
+
+    from streamchar.errors import InvalidInput
+    from streamchar.models.orchestrator_lm import PRESETS, OrchestratorLM
+
+    v = StreamCharVocab(num_units=16, max_advance=4, accents=("en-us", "en-gb"))
+    model = OrchestratorLM(dataclasses.replace(PRESETS["tiny"], vocab_size=v.vocab_size)).init_weights(0)
+    store = MemorySessionStore()
+    eng = OrchestratorEngine(store, EmbeddedLMBackend(model), v, OrchestratorProtocol(v, F, ProtocolConfig()))
+    for voice, expected in (("en-gb", "en-gb"), ("", "")):
+        meta = SessionMeta.new(np.zeros((64, 64, 3), np.uint8), voice=voice)
+        await meta.create(store)
+        assert (await eng.load(meta.session_id)).accent == expected
+        await eng.append_text(meta.session_id, "Hello.", 0)
+        await eng.end_text(meta.session_id)
+        cond = await eng.try_next(meta.session_id, 0, False)
+        assert cond.plan.units
+        context = (await eng.load(meta.session_id)).context
+        assert context[:2] == ([v.bos_id, v.accent_id("en-gb")] if voice else [v.bos_id, v.text_id])
+    meta = SessionMeta.new(np.zeros((64, 64, 3), np.uint8), voice="en-au")
+    await meta.create(store)
+    with pytest.raises(InvalidInput, match="voice: unknown accent 'en-au'.*en-us, en-gb"):
+        await eng.load(meta.session_id)
 
 
 @pytest.mark.asyncio

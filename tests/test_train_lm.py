@@ -313,3 +313,35 @@ def test_long_samples_slide_the_serving_context(codecs):
     assert max(len(s.input_ids) for s in slid) > 900  # positions up to max_context are trained on
     with pytest.raises(ValueError, match="utterances"):
         CorpusConfig(utterances=0)
+
+
+def test_samples_are_replayed_with_their_voices_accent(samples, codecs):
+    """With accents in the vocabulary every context of a sample carries its voice's accent after <bos>, whole
+    text and streamed, slides included; a fixed share of the samples (by id) names none; the cache key
+    follows both."""
+    import dataclasses
+
+    from training.data.speech import VOICES
+    from training.pipelines.lm_data import CacheSpec, sample_accent, sample_sequences
+
+    vocab = LMModelConfig(accents=tuple(VOICES)).vocab()
+    assert vocab.unit_ids() == VOCAB.unit_ids()  # the accents only add ids after the units
+    protocol = OrchestratorProtocol(vocab, 8, SMALL)
+    spec = CacheSpec(Path("unused"), "train", protocol, codecs, True, 1e-3, accent_dropout=0.0)
+    plain = CacheSpec(Path("unused"), "train", OrchestratorProtocol(VOCAB, 8, SMALL), codecs, True, 1e-3)
+    for sample in samples:
+        accent = vocab.accent_id(sample.speaker["voice"])
+        with_accent, without = sample_sequences(sample, spec), sample_sequences(sample, plain)
+        assert len(with_accent) >= 2 and {tuple(s.input_ids[:2]) for s in with_accent} == {(vocab.bos_id, accent)}
+        # the same decisions to learn, one token later
+        assert [s.input_ids[2:] for s in with_accent][:1] == [s.input_ids[1:] for s in without][:1]
+        assert sum(map(sum, (s.loss_mask for s in with_accent))) == sum(map(sum, (s.loss_mask for s in without)))
+    many = [dataclasses.replace(samples[0], sample_id=f"train-{i:06d}") for i in range(400)]
+    dropped = [sample_accent(s, vocab, 0.25) == "" for s in many]
+    assert 0.18 < np.mean(dropped) < 0.32
+    assert dropped == [sample_accent(s, vocab, 0.25) == "" for s in many]  # fixed by the ids
+    assert sample_accent(samples[0], VOCAB, 0.0) == ""  # no accents in the vocabulary: none named
+    with pytest.raises(ValueError, match="unknown accent 'en-au'"):
+        sample_accent(dataclasses.replace(samples[0], speaker={"voice": "en-au"}), vocab, 0.0)
+    keys = {spec.key(), dataclasses.replace(spec, accent_dropout=0.5).key()}
+    assert len(keys) == 2 and plain.key() not in keys

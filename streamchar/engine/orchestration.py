@@ -30,9 +30,10 @@ from streamchar.engine.protocol import (
     Starved,
     decode_with_step,
 )
-from streamchar.errors import BackendFailed, FailedPrecondition, StaleWrite
+from streamchar.errors import BackendFailed, FailedPrecondition, InvalidInput, StaleWrite
 from streamchar.models.orchestrator_lm import KVCache, OrchestratorLM
 from streamchar.models.vocab import StreamCharVocab
+from streamchar.session import F_OPTIONS  # the session's options: its voice is the accent the LM speaks
 from streamchar.state.store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ CONDITION_RING = 8
 F_TEXT, F_TEXT_BYTES, F_ENDED = "orch.text", "orch.text_bytes", "orch.ended"
 F_NEXT, F_POINTER, F_CONTEXT = "orch.next_chunk", "orch.pointer", "orch.context"
 F_CONTEXT_TEXT_END, F_STALL, F_DONE = "orch.context_text_end", "orch.stall", "orch.done"
-_STATE_FIELDS = [F_TEXT, F_ENDED, F_NEXT, F_POINTER, F_CONTEXT, F_CONTEXT_TEXT_END, F_STALL, F_DONE]
+_STATE_FIELDS = [F_TEXT, F_ENDED, F_NEXT, F_POINTER, F_CONTEXT, F_CONTEXT_TEXT_END, F_STALL, F_DONE, F_OPTIONS]
 
 
 def _cond_field(chunk_index: int) -> str:
@@ -139,12 +140,21 @@ class OrchestratorEngine:
         self.vocab = vocab
         self.protocol = protocol
 
+    def accent(self, voice: str) -> str:
+        """The accent a session's voice selects (OrchestratorProtocol.check_accent); InvalidInput for a
+        voice this LM does not speak."""
+        try:
+            return self.protocol.check_accent(voice)
+        except ValueError as e:
+            raise InvalidInput(f"voice: {e}") from None
+
     async def load(self, session_id: str) -> OrchState:
         raw = await self.store.load(session_id, _STATE_FIELDS)
         ctx = np.frombuffer(raw[F_CONTEXT], dtype="<u4").tolist() if raw[F_CONTEXT] else []
+        voice = json.loads(raw[F_OPTIONS]).get("voice", "") if raw[F_OPTIONS] else ""
         return OrchState(text=raw[F_TEXT] or b"", text_ended=raw[F_ENDED] == b"1", pointer=_int(raw[F_POINTER]),
                          context=ctx, context_text_end=_int(raw[F_CONTEXT_TEXT_END]), stall=_int(raw[F_STALL]),
-                         next_chunk=_int(raw[F_NEXT]), done=raw[F_DONE] == b"1")
+                         next_chunk=_int(raw[F_NEXT]), done=raw[F_DONE] == b"1", accent=self.accent(voice))
 
     async def append_text(self, session_id: str, text: str, offset: int) -> int:
         """Append transcript text at character `offset` (idempotent for resends); returns chars held."""

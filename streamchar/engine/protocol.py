@@ -2,7 +2,10 @@
 
 The context is a sequence of segments::
 
-    <bos> <text> t e x t ... <speak> <adv_2> t e u <adv_0> u ... <text> m o r e ... <speak> ...
+    <bos> [<accent_X>] <text> t e x t ... <speak> <adv_2> t e u <adv_0> u ... <text> m o r e ... <speak> ...
+
+The accent token, when the session names one (its voice) and the LM has accents, follows ``<bos>``
+and is kept by every slide: it says how the text is pronounced, for the whole session.
 
 Each video frame is ``<adv_n>`` (the progress pointer advances n transcript bytes during the frame,
 0 or up to the end of a word: frames.advance_options), then those n bytes again (the *echo*, forced:
@@ -30,6 +33,7 @@ from the store continues the session identically.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
@@ -50,7 +54,7 @@ class ProtocolConfig:
     def __post_init__(self) -> None:
         if self.lookahead_bytes < 1 or self.max_stall_frames < 1:
             raise ValueError("lookahead_bytes and max_stall_frames must be >= 1")
-        reserve = 4 + self.keep_text_behind + 2 * self.lookahead_bytes + self.kept_frame_tokens
+        reserve = 5 + self.keep_text_behind + 2 * self.lookahead_bytes + self.kept_frame_tokens
         if reserve + 64 > self.max_context:
             raise ValueError(f"max_context {self.max_context} too small for the kept history ({reserve})")
 
@@ -72,6 +76,7 @@ class OrchState:
     stall: int = 0
     next_chunk: int = 0
     done: bool = False
+    accent: str = ""  # the session's voice: one of the vocabulary's accents, or "" for the LM's default
 
     @property
     def pointer_chars(self) -> int:
@@ -149,8 +154,19 @@ class OrchestratorProtocol:
         self.frames_per_chunk = frames_per_chunk
         self.config = config
 
-    def start_context(self) -> list[int]:
-        return [self.vocab.bos_id]
+    def start_context(self, accent: str = "") -> list[int]:
+        """``<bos>``, then the accent's token when there is one (ValueError for an accent the vocabulary
+        lacks; :meth:`check_accent`)."""
+        return [self.vocab.bos_id, self.vocab.accent_id(accent)] if accent else [self.vocab.bos_id]
+
+    def check_accent(self, accent: str) -> str:
+        """The accent a session's `voice` selects: "" stays the LM's default; a name must be one of the
+        vocabulary's accents (ValueError naming them otherwise). An LM without accents (older
+        checkpoints) speaks its one accent whatever the voice, so any voice selects ""."""
+        if not accent or not self.vocab.accents:
+            return ""
+        self.vocab.accent_id(accent)
+        return accent
 
     def plan_chunk(self, state: OrchState, step: StepFn, allow_fill: bool) -> tuple[ChunkPlan, OrchState]:
         """:meth:`decode_chunk` driven by `step`, one call per token."""
@@ -170,10 +186,9 @@ class OrchestratorProtocol:
         out the same. Raises Starved when a frame has no text to speak and `allow_fill` is False;
         with `allow_fill` such frames become silent filler frames that do not move the pointer.
         """
-        s = OrchState(state.text, state.text_ended, state.pointer, list(state.context),
-                      state.context_text_end, state.stall, state.next_chunk, state.done)
+        s = dataclasses.replace(state, context=list(state.context))
         if not s.context:
-            s.context = self.start_context()
+            s.context = self.start_context(state.accent)
         start = s.pointer_chars
         units: list[int] = []
         fill = False
@@ -246,7 +261,7 @@ class OrchestratorProtocol:
             return
         frames = _last_frames(s.context, self.vocab, self.config.keep_frames, self.config.kept_frame_tokens)
         behind = max(0, s.pointer - self.config.keep_text_behind)
-        s.context = [self.vocab.bos_id, self.vocab.text_id,
+        s.context = [*self.start_context(s.accent), self.vocab.text_id,
                      *s.text[behind:s.context_text_end],
                      self.vocab.speak_id, *frames]
 

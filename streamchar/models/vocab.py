@@ -9,9 +9,16 @@ One flat id space, in this order::
     <wait>                        a silence / fill frame
     <adv_0> .. <adv_{A}>          transcript BYTES the speech pointer advances in one frame
     <unit_0> .. <unit_{K-1}>      discrete speech units, one per video frame
+    <accent_NAME> ...             the accents the LM speaks (may be none), one after <bos>
 
 Bytes keep the vocabulary language-agnostic and make the progress pointer exact: an
 ``<adv_n>`` moves it by ``n`` entries of ``text_ids(transcript)``.
+
+Accents come last, so a vocabulary with accents keeps every id of the same one without: an LM gains
+them by growing its embedding tables (training/trainers/runtime.py, ``warm_start``). An accent names
+how the transcript is pronounced (the corpus's voices: ``en-us``, ``en-gb-scotland``, ...): for
+phoneme units the same text is a different unit sequence in each, so an LM not told which can only
+guess (docs/eval/teacher/orchestrator.md, "Accents").
 """
 
 from __future__ import annotations
@@ -29,12 +36,19 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<text>", "<speak>", "<wait>")
 class StreamCharVocab:
     num_units: int
     max_advance: int
+    accents: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.num_units < 1:
             raise ValueError(f"num_units must be >= 1, got {self.num_units}")
         if self.max_advance < 0:
             raise ValueError(f"max_advance must be >= 0, got {self.max_advance}")
+        object.__setattr__(self, "accents", tuple(self.accents))
+        if len(set(self.accents)) != len(self.accents):
+            raise ValueError(f"duplicate accents in {self.accents}")
+        for name in self.accents:
+            if not name or not all(c.isascii() and (c.isalnum() or c in "-_") for c in name):
+                raise ValueError(f"accent {name!r} must be a non-empty name of ASCII letters, digits, '-' and '_'")
 
     # ---- layout -------------------------------------------------------------------
 
@@ -47,8 +61,12 @@ class StreamCharVocab:
         return self._adv_start + self.max_advance + 1
 
     @property
-    def vocab_size(self) -> int:
+    def _accent_start(self) -> int:
         return self._unit_start + self.num_units
+
+    @property
+    def vocab_size(self) -> int:
+        return self._accent_start + len(self.accents)
 
     @property
     def pad_id(self) -> int:
@@ -78,7 +96,10 @@ class StreamCharVocab:
         return range(self._adv_start, self._unit_start)
 
     def unit_ids(self) -> range:
-        return range(self._unit_start, self.vocab_size)
+        return range(self._unit_start, self._accent_start)
+
+    def accent_ids(self) -> range:
+        return range(self._accent_start, self.vocab_size)
 
     # ---- conversions --------------------------------------------------------------
 
@@ -102,6 +123,14 @@ class StreamCharVocab:
             raise ValueError(f"token {token_id} is not a unit token")
         return token_id - self._unit_start
 
+    def accent_id(self, name: str) -> int:
+        """The token of accent `name`; ValueError (naming the accents this vocabulary has) if it has none such."""
+        try:
+            return self._accent_start + self.accents.index(name)
+        except ValueError:
+            known = ", ".join(self.accents) if self.accents else "none: this LM speaks one default accent"
+            raise ValueError(f"unknown accent {name!r} (this orchestrator LM's accents: {known})") from None
+
     def is_adv(self, token_id: int) -> bool:
         return token_id in self.adv_ids()
 
@@ -119,13 +148,16 @@ class StreamCharVocab:
             return f"<adv_{self.advance_of(token_id)}>"
         if self.is_unit(token_id):
             return f"<unit_{self.unit_of(token_id)}>"
+        if token_id in self.accent_ids():
+            return f"<accent_{self.accents[token_id - self._accent_start]}>"
         raise ValueError(f"token {token_id} is a byte or out of range (vocab_size {self.vocab_size})")
 
     # ---- persistence --------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The two defining fields plus the derived layout, for consumers without this code."""
-        return {
+        """The defining fields plus the derived layout, for consumers without this code. A vocabulary
+        without accents writes neither ``accents`` nor ``accent_range``, as before they existed."""
+        d: dict[str, Any] = {
             "num_units": self.num_units,
             "max_advance": self.max_advance,
             "vocab_size": self.vocab_size,
@@ -133,10 +165,15 @@ class StreamCharVocab:
             "adv_range": [self.adv_ids().start, self.adv_ids().stop],
             "unit_range": [self.unit_ids().start, self.unit_ids().stop],
         }
+        if self.accents:
+            d["accents"] = list(self.accents)
+            d["accent_range"] = [self.accent_ids().start, self.accent_ids().stop]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StreamCharVocab:
-        vocab = cls(num_units=int(d["num_units"]), max_advance=int(d["max_advance"]))
+        vocab = cls(num_units=int(d["num_units"]), max_advance=int(d["max_advance"]),
+                    accents=tuple(str(a) for a in d.get("accents", ())))
         # A checkpoint written under another layout would silently remap every token.
         stored = {k: d[k] for k in vocab.to_dict() if k in d}
         expected = {k: vocab.to_dict()[k] for k in stored}

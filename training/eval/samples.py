@@ -1,7 +1,7 @@
 """Sample videos for held-out characters: MP4s and a PNG contact sheet, through the in-process pipeline.
 
 Each sample is a test-split identity (never seen in training) given as its neutral reference render
-and a test-split transcript, spoken by the pipeline (`streamchar.pipeline.Pipeline`, the same
+and a test-split transcript, spoken in a test-split voice's accent (the session's voice), by the pipeline (`streamchar.pipeline.Pipeline`, the same
 engines as the services). Writes ``<out>/<name>.mp4`` per sample and ``<out>/contact_sheet.png``:
 one row per sample, the reference image first, then every `stride`-th generated frame.
 """
@@ -26,26 +26,30 @@ class SampleVideo:
     name: str
     text: str
     identity_id: int
+    voice: str  # the accent the session named: a held-out voice's
     path: Path
     frames: np.ndarray  # uint8 [F, H, W, 3]
     reference: np.ndarray
 
 
-def held_out_prompts(count: int, config: CorpusConfig = CorpusConfig()) -> list[tuple[int, str]]:
-    """(test identity id, test transcript) pairs, deterministic in the corpus seed."""
+def held_out_prompts(count: int, config: CorpusConfig = CorpusConfig()) -> list[tuple[int, str, str]]:
+    """(test identity id, test transcript, a test speaker's voice) triples, deterministic in the corpus seed."""
+    from training.data.speech import SpeakerParams
     from training.data.transcripts import transcript_from_seed
 
-    identities = pool("identity", "test", config)
+    identities, speakers = pool("identity", "test", config), pool("speaker", "test", config)
     out = []
     for n in range(count):
         identity = identities[stable_hash(config.seed, "sample-identity", n) % len(identities)]
+        speaker = speakers[stable_hash(config.seed, "sample-speaker", n) % len(speakers)]
+        voice = SpeakerParams.from_seed(speaker, stable_hash("speaker", speaker)).voice
         k = 0
         while True:  # a sentence or two: 3-10 s of speech
             text = transcript_from_seed(stable_hash(config.seed, "sample-text", n, k))
             if 8 <= len(text.split()) <= 24:
                 break
             k += 1
-        out.append((identity, text))
+        out.append((identity, text, voice))
     return out
 
 
@@ -67,10 +71,10 @@ def render_samples(out_dir: str | Path, count: int = 3, checkpoint: str = "", st
     size = pipeline.renderer_models.image_size
     videos: list[SampleVideo] = []
 
-    async def speak(text: str, reference: np.ndarray) -> tuple[bytes, np.ndarray]:
+    async def speak(text: str, reference: np.ndarray, voice: str) -> tuple[bytes, np.ndarray]:
         muxer = FragmentedMP4Muxer(size, size, TB.fps, TB.sample_rate, 24)
         parts, frames = [muxer.init_segment()], []
-        async for _, chunk in pipeline.chunks(text, png_bytes(reference)):
+        async for _, chunk in pipeline.chunks(text, png_bytes(reference), voice):
             parts.append(muxer.add_chunk(chunk.frames, chunk.pcm.astype(np.float32)))
             frames.append(chunk.frames)
         parts.append(muxer.close())
@@ -78,15 +82,15 @@ def render_samples(out_dir: str | Path, count: int = 3, checkpoint: str = "", st
 
     async def run_all() -> None:
         try:
-            for n, (identity, text) in enumerate(held_out_prompts(count)):
+            for n, (identity, text, voice) in enumerate(held_out_prompts(count)):
                 character = CharacterParams.from_seed(identity, stable_hash("identity", identity))
                 reference = reference_image(character, size)
-                media, frames = await speak(text, reference)
+                media, frames = await speak(text, reference, voice)
                 name = f"sample-{n}-identity-{identity}"
                 path = out_dir / f"{name}.mp4"
                 path.write_bytes(media)
                 (out_dir / f"{name}-reference.png").write_bytes(png_bytes(reference))
-                videos.append(SampleVideo(name, text, identity, path, frames, reference))
+                videos.append(SampleVideo(name, text, identity, voice, path, frames, reference))
         finally:
             await pipeline.close()
 
@@ -99,7 +103,7 @@ def render_samples(out_dir: str | Path, count: int = 3, checkpoint: str = "", st
     sheet = np.concatenate(rows, axis=0)
     Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(
         out_dir / "contact_sheet.png")
-    lines = ["# Sample videos: held-out characters", "",
+    lines = ["# Sample videos: held-out characters and voices", "",
              f"Reference image (left) then every {stride}th frame ({stride / TB.fps:.2f} s apart), one row per sample.",
              "Trained: " + ("yes" if pipeline.trained else "NO (untrained parts; see the bundle)"),
              (f"Rendered with the bundle's `{dit}/`: the DiT's video and audio prior means (no denoising steps)."
@@ -111,7 +115,8 @@ def render_samples(out_dir: str | Path, count: int = 3, checkpoint: str = "", st
               + (", the audio the DiT's audio prior mean" if audio_prior_only else "") + "."), "",
              "![contact sheet](contact_sheet.png)", ""]
     for v in videos:
-        lines.append(f"- [{v.path.name}]({v.path.name}) (test identity {v.identity_id}, {len(v.frames) / TB.fps:.1f} s): "
+        lines.append(f"- [{v.path.name}]({v.path.name}) (test identity {v.identity_id}, a test voice's accent "
+                     f"`{v.voice}`, {len(v.frames) / TB.fps:.1f} s): "
                      f"“{v.text}”")
     (out_dir / "README.md").write_text("\n".join(lines) + "\n")
     return videos

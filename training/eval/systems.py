@@ -13,9 +13,11 @@ generates those latents, so a row far below ground truth but close to ``codecs``
 the models' doing.
 
 System specs on the command line: ``ground-truth``, ``codecs[,checkpoint=DIR]``, or ``pipeline`` followed by comma-separated
-``key=value`` options: ``label=NAME`` names the row, every other key is a service setting passed
-as ``STREAMCHAR_<KEY>`` to the orchestrator, renderer and gateway (each takes the settings it
-knows), e.g. ``pipeline,label=teacher,checkpoint=ckpt/teacher,steps=32,guidance=3``.
+``key=value`` options: ``label=NAME`` names the row; ``voice=NAME`` is the voice every session asks
+for, and ``voice=item`` each item's own (its ground truth's accent, ``speaker["voice"]``: the accent
+its reference phonemes are in); every other key is a service setting passed as ``STREAMCHAR_<KEY>``
+to the orchestrator, renderer and gateway (each takes the settings it knows), e.g.
+``pipeline,label=teacher,checkpoint=ckpt/teacher,steps=32,guidance=3``.
 """
 
 from __future__ import annotations
@@ -106,9 +108,10 @@ class CodecRoundTripSystem(System):
 class PipelineSystem(System):
     def __init__(self, options: dict[str, str] | None = None, label: str | None = None) -> None:
         self.options = dict(options or {})
+        self.spec = ",".join(["pipeline", *(f"{k}={v}" for k, v in self.options.items() if k != "label")])
         named = self.options.pop("label", "pipeline")
         self.label = label or named
-        self.spec = ",".join(["pipeline", *(f"{k}={v}" for k, v in self.options.items())])
+        self.voice = self.options.pop("voice", "")  # a session option, not a service setting
         self._stack = None
 
     def _ensure_stack(self):
@@ -126,9 +129,12 @@ class PipelineSystem(System):
             self._stack.stop()
             self._stack = None
 
+    def voice_of(self, item: EvalItem) -> str:
+        return str(item.speaker.get("voice", "")) if self.voice == "item" else self.voice
+
     def run(self, item: EvalItem) -> SystemOutput:
         stack = self._ensure_stack()
-        return asyncio.run(_drive(stack.gateway, item))
+        return asyncio.run(_drive(stack.gateway, item, self.voice_of(item)))
 
     def run_many(self, items: Sequence[EvalItem], concurrency: int = 1) -> Iterator[SystemOutput]:
         """`concurrency` sessions at a time (the renderer batches their chunks), yielded in item order."""
@@ -140,12 +146,12 @@ class PipelineSystem(System):
             group = items[start:start + concurrency]
 
             async def drive_all(group: Sequence[EvalItem] = group) -> list[SystemOutput]:
-                return await asyncio.gather(*(_drive(stack.gateway, item) for item in group))
+                return await asyncio.gather(*(_drive(stack.gateway, item, self.voice_of(item)) for item in group))
 
             yield from asyncio.run(drive_all())
 
 
-async def _drive(gateway: str, item: EvalItem) -> SystemOutput:
+async def _drive(gateway: str, item: EvalItem, voice: str = "") -> SystemOutput:
     from streamchar.client import AsyncClient, GatewayError
 
     frames: list[np.ndarray] = []
@@ -177,7 +183,7 @@ async def _drive(gateway: str, item: EvalItem) -> SystemOutput:
     text = deltas() if item.words_per_second > 0 else item.text
     async with AsyncClient(gateway) as client:
         try:
-            await client.speak(text, item.reference_png(), on_event=on_event, raw=True, realtime=False)
+            await client.speak(text, item.reference_png(), on_event=on_event, raw=True, realtime=False, voice=voice)
         except GatewayError as e:
             raise RuntimeError(f"{item.item_id}: the pipeline failed: {e}") from e
     if errors:

@@ -44,6 +44,11 @@ new :class:`TrainingSequence`. A sequence marks the positions the LM decodes (ad
 tokens) and the ids the protocol allowed there; the echo of each advance's bytes, ``<eos>`` and
 everything else is appended by the protocol without asking the LM, so it carries no loss.
 
+**Accents** (:func:`sample_accent`). With accents in the vocabulary (``model.accents``), a sample is
+replayed as a session naming its voice (``speaker["voice"]``), so every context carries that accent's
+token after ``<bos>``: its phonemes are that accent's, which the text alone does not say. A fixed share
+of the samples (``data.accent_dropout``, by sample id) names none, as a session without a voice does.
+
 **Cache and batches** (:class:`SequenceSet`, :func:`ensure_cache`). The sequences of a split are built
 once into ``<cache>/lm-<split>-<key>.pt`` (flat tensors + offsets; ``torch.load(weights_only=True)``),
 where the key digests everything they depend on (corpus shards, codec, unit tokenizer, vocabulary,
@@ -64,6 +69,7 @@ import json
 import logging
 import math
 import re
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,14 +284,15 @@ class RecordingStep:
 
 
 def run_protocol(protocol: OrchestratorProtocol, pieces: Sequence[bytes], step: RecordingStep,
-                 max_frames: int) -> tuple[list[ChunkPlan], OrchState]:
+                 max_frames: int, accent: str = "") -> tuple[list[ChunkPlan], OrchState]:
     """Decode chunks until ``<eos>`` (or `max_frames`), text arriving piece by piece.
 
     A session starts with no text; whenever a chunk starves (``allow_fill=False``), the next piece is
     appended and the chunk decoded again from the same state, as the orchestrator does when text
-    arrives; the end of text comes with the last piece. One piece is the whole text at once.
+    arrives; the end of text comes with the last piece. One piece is the whole text at once. `accent`:
+    the session's (OrchState.accent).
     """
-    state, fed, plans = OrchState(), 0, []
+    state, fed, plans = OrchState(accent=accent), 0, []
     while not state.done and len(plans) * protocol.frames_per_chunk < max_frames:
         step.begin_chunk(state)
         try:
@@ -321,10 +328,11 @@ class TrainingSequence:
 
 
 def replay(protocol: OrchestratorProtocol, text: bytes, targets: FrameTargets,
-           pieces: Sequence[bytes] | None = None) -> list[TrainingSequence]:
+           pieces: Sequence[bytes] | None = None, accent: str = "") -> list[TrainingSequence]:
     """The training sequences of decoding `targets` over `text` with the real protocol.
 
-    `pieces` (concatenating to `text`) streams the text in; default: all of it at once. Raises
+    `pieces` (concatenating to `text`) streams the text in; default: all of it at once. `accent`: the
+    session's, whose token every context then carries after ``<bos>``. Raises
     :class:`InfeasibleTarget` if the protocol rejects a ground-truth token, and checks that the decode
     reproduced the targets: every unit, and the pointer ending at ``len(text)`` with ``<eos>``.
     """
@@ -352,7 +360,8 @@ def replay(protocol: OrchestratorProtocol, text: bytes, targets: FrameTargets,
         return chosen
 
     step = RecordingStep(oracle)
-    plans, state = run_protocol(protocol, pieces, step, max_frames=len(units) + 2 * protocol.frames_per_chunk)
+    plans, state = run_protocol(protocol, pieces, step, max_frames=len(units) + 2 * protocol.frames_per_chunk,
+                                accent=accent)
     decoded = [u for plan in plans for u in plan.units][:len(step.calls) // 2]
     if not state.done or state.pointer != len(text) or decoded != units[:len(decoded)]:
         raise AssertionError("the oracle decode did not reproduce the targets")
@@ -512,6 +521,9 @@ class CacheSpec:
     streamed: bool
     silence_rms: float
     pointer: str = "onset"
+    # With accents in the vocabulary: the share of samples replayed without their accent token, so the LM
+    # also learns the session that names no voice (sample_accent).
+    accent_dropout: float = 0.0
 
     def key(self) -> str:
         shards = [(p.name, p.stat().st_size) for p in shard_paths(self.corpus, self.split)]
@@ -522,10 +534,23 @@ class CacheSpec:
                  "protocol": dataclasses.asdict(self.protocol.config),
                  "frames_per_chunk": self.protocol.frames_per_chunk, "streamed": self.streamed,
                  "silence_rms": self.silence_rms, "pointer": self.pointer}
+        if self.protocol.vocab.accents:
+            parts["accent_dropout"] = self.accent_dropout
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
     def path(self, cache_dir: Path) -> Path:
         return Path(cache_dir) / f"lm-{self.split}-{self.key()}.pt"
+
+
+def sample_accent(sample: Sample, vocab: StreamCharVocab, dropout: float) -> str:
+    """The accent a sample is replayed with: its voice's (``speaker["voice"]``, e.g. "en-gb-scotland") when the
+    vocabulary has accents, except for a `dropout` share of the samples, fixed by their ids, which get none.
+    A voice the vocabulary lacks is an error: the targets' phonemes are that accent's."""
+    if not vocab.accents or zlib.crc32(sample.sample_id.encode("utf-8")) % 10_000 < dropout * 10_000:
+        return ""
+    voice = str(sample.speaker.get("voice", ""))
+    vocab.accent_id(voice)  # ValueError naming the vocabulary's accents
+    return voice
 
 
 def sample_sequences(sample: Sample, spec: CacheSpec) -> list[TrainingSequence]:
@@ -533,9 +558,11 @@ def sample_sequences(sample: Sample, spec: CacheSpec) -> list[TrainingSequence]:
     targets = frame_targets(sample, spec.codecs.tokenizer, spec.codecs.codec, spec.protocol, spec.silence_rms,
                             spec.pointer)
     text = sample.transcript.encode("utf-8")
-    sequences = replay(spec.protocol, text, targets)
+    accent = sample_accent(sample, spec.protocol.vocab, spec.accent_dropout)
+    sequences = replay(spec.protocol, text, targets, accent=accent)
     if spec.streamed:
-        sequences += replay(spec.protocol, text, targets, [w.encode("utf-8") for w in words_of(sample.transcript)])
+        sequences += replay(spec.protocol, text, targets, [w.encode("utf-8") for w in words_of(sample.transcript)],
+                            accent=accent)
     return sequences
 
 

@@ -85,6 +85,9 @@ class LMModelConfig:
     num_attention_heads: int | None = None
     num_key_value_heads: int | None = None
     max_position_embeddings: int | None = None
+    # The accents the LM is told a session speaks in (StreamCharVocab.accents; the corpus's voice names).
+    # Their tokens come after the units, so a warm start from an LM without them keeps every other row.
+    accents: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.preset not in BUNDLE_PRESETS:
@@ -96,11 +99,11 @@ class LMModelConfig:
         p = BUNDLE_PRESETS[self.preset]
         units = Path(bundle or default_checkpoint(self.preset)) / "units" / "config.json"
         num_units = json.loads(units.read_text())["num_units"] if units.exists() else p.num_units
-        return StreamCharVocab(num_units=num_units, max_advance=p.max_advance)
+        return StreamCharVocab(num_units=num_units, max_advance=p.max_advance, accents=self.accents)
 
     def build(self, vocab: StreamCharVocab) -> LMConfig:
         overrides = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                     if f.name != "preset" and getattr(self, f.name) is not None}
+                     if f.name not in ("preset", "accents") and getattr(self, f.name) is not None}
         base = orchestrator_lm.PRESETS[BUNDLE_PRESETS[self.preset].lm]
         return dataclasses.replace(base, vocab_size=vocab.vocab_size, **overrides)
 
@@ -119,10 +122,15 @@ class LMDataConfig:
     length_buckets: int = 8  # batches drawn from this many length buckets (1: plain uniform draws)
     silence_rms: float = SILENCE_RMS  # frames quieter than this are the silence class (<wait>)
     pointer: str = "onset"  # a word's bytes advance at its first frame, or "spread" over it (lm_data.py)
+    # With model.accents: the share of samples replayed without their accent, so that a session naming no
+    # voice still decodes well (lm_data.sample_accent).
+    accent_dropout: float = 0.2
 
     def __post_init__(self) -> None:
         if self.length_buckets < 1 or self.silence_rms < 0:
             raise ValueError("length_buckets must be >= 1 and silence_rms >= 0")
+        if not 0.0 <= self.accent_dropout <= 1.0:
+            raise ValueError(f"data.accent_dropout must be in [0, 1], got {self.accent_dropout}")
         if self.pointer not in POINTER_MODES:
             raise ValueError(f"data.pointer must be one of {POINTER_MODES}")
 
@@ -146,7 +154,7 @@ def make_protocol(config: LMTrainConfig) -> OrchestratorProtocol:
 
 def cache_spec(config: LMTrainConfig, split: str, codecs: UnitCodecs, corpus: str = "") -> CacheSpec:
     return CacheSpec(Path(corpus or config.data.corpus), split, make_protocol(config), codecs, config.data.streamed,
-                     config.data.silence_rms, config.data.pointer)
+                     config.data.silence_rms, config.data.pointer, config.data.accent_dropout)
 
 
 def training_specs(config: LMTrainConfig, codecs: UnitCodecs) -> list[CacheSpec]:
@@ -246,10 +254,10 @@ class Decoded:
 
 
 def greedy_decode(protocol: OrchestratorProtocol, backend: EmbeddedLMBackend, pieces: list[bytes],
-                  max_frames: int) -> Decoded:
+                  max_frames: int, accent: str = "") -> Decoded:
     """Decode a whole session with the embedded backend, text arriving in `pieces` (see run_protocol)."""
     step = RecordingStep(lambda _, context, allowed: backend.step("eval", context, allowed))
-    plans, state = run_protocol(protocol, pieces, step, max_frames)
+    plans, state = run_protocol(protocol, pieces, step, max_frames, accent)
     backend.forget("eval")
     units = [u for plan in plans for u in plan.units]
     pointer = np.cumsum(step.advances(protocol.vocab), dtype=np.int64).tolist()
@@ -267,8 +275,12 @@ def _padded(values: list[int], length: int, fill: int) -> np.ndarray:
 
 
 def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", split: str = "test", bundle: str = "",
-             limit: int = 0, progress: bool = True, advance_bias: float | None = None) -> dict[str, float]:
+             limit: int = 0, progress: bool = True, advance_bias: float | None = None,
+             accents: bool = True) -> dict[str, Any]:
     """Metrics of the LM on `split` through the real decoding path (module docstring).
+
+    An LM with accents is told each sample's (its voice, as a session names it), unless `accents` is False:
+    then every session names none and the LM speaks its default.
 
     unit_acc: decoded unit == ground-truth unit per frame, the silence class K counting as a class, over
     max(decoded, true) frames (the shorter side padded with silence, as a finished session is);
@@ -297,6 +309,7 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", split: 
     sums = dict.fromkeys(("frames", "unit_eq", "speech_frames", "speech_eq", "pointer_err", "pair_frames",
                           "pair_eq", "identical", "pointer_ok", "decoded_len", "true_len"), 0.0)
     runs: dict[str, list[str]] = {"truth": [], "whole": [], "streamed": []}
+    voices: list[str] = []
     for i in tqdm(range(count), desc=f"lm eval {split}", unit="sample", disable=not progress):
         sample = dataset[i]
         text = sample.transcript.encode("utf-8")
@@ -305,9 +318,10 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", split: 
         true_units, true_pointer = targets.units.tolist(), targets.pointer.tolist()
         # room for the slowest decode the protocol allows (one byte per stall), so every decode can finish
         budget = max(2 * len(true_units), len(text) * (protocol.config.max_stall_frames + 1)) + 4 * TB.frames_per_chunk
-        whole = greedy_decode(protocol, backend, [text], budget)
+        accent = protocol.check_accent(str(sample.speaker.get("voice", ""))) if accents else ""
+        whole = greedy_decode(protocol, backend, [text], budget, accent)
         streamed = greedy_decode(protocol, backend, [w.encode("utf-8") for w in words_of(sample.transcript)],
-                                 budget)
+                                 budget, accent)
         chars = np.array([utf8_chars(text[:b]) for b in range(len(text) + 1)])
 
         n = max(len(true_units), len(whole.units))
@@ -332,9 +346,12 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", split: 
         sums["true_len"] += next((f + 1 for f, p in enumerate(true_pointer) if p == len(text)), len(true_pointer))
         for key, decoded in (("truth", true_units), ("whole", whole.units), ("streamed", streamed.units)):
             runs[key].append(" ".join(unit_runs(decoded, K)) or "-")  # jiwer refuses empty strings
+        voices.append(str(sample.speaker.get("voice", "")))
+    by_voice = {v: [i for i, w in enumerate(voices) if w == v] for v in sorted(set(voices))}
 
     return {
         "advance_bias": model.advance_bias,
+        "accents": float(bool(accents and vocab.accents)),
         "samples": float(count),
         "frames": sums["frames"],
         "unit_acc": sums["unit_eq"] / max(1.0, sums["frames"]),
@@ -346,6 +363,11 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", split: 
         "length_ratio": sums["decoded_len"] / max(1.0, sums["true_len"]),
         "unit_sequence_err": float(jiwer.wer(runs["truth"], runs["whole"])) if count else 0.0,
         "streamed_sequence_err": float(jiwer.wer(runs["whole"], runs["streamed"])) if count else 0.0,
+        # the unit sequence error over each voice's samples: an LM that speaks one accent for all is
+        # right for that accent's voices and wrong for the others'
+        "unit_sequence_err_by_voice": {
+            v: {"samples": len(ix), "err": float(jiwer.wer([runs["truth"][i] for i in ix], [runs["whole"][i] for i in ix]))}
+            for v, ix in by_voice.items()},
     }
 
 
@@ -373,7 +395,7 @@ def calibrate(checkpoint: str | Path, corpus: str | Path = "data/corpus", split:
     return {"split": split, "chosen": best["advance_bias"], "orchestrator": str(target), "rows": rows}
 
 
-def format_results(r: dict[str, float], split: str, checkpoint: str | Path) -> str:
+def format_results(r: dict[str, Any], split: str, checkpoint: str | Path) -> str:
     rows = [
         ("unit accuracy (silence class included)", f"{r['unit_acc']:.3f}"),
         ("unit accuracy (speech frames)", f"{r['speech_unit_acc']:.3f}"),
@@ -385,8 +407,10 @@ def format_results(r: dict[str, float], split: str, checkpoint: str | Path) -> s
         ("unit sequence error, timing removed", f"{r['unit_sequence_err']:.3f}"),
         ("word-by-word vs whole, timing removed", f"{r['streamed_sequence_err']:.3f}"),
     ]
+    rows += [(f"  {voice} ({v['samples']} samples)", f"{v['err']:.3f}")
+             for voice, v in r.get("unit_sequence_err_by_voice", {}).items()]
     head = (f"orchestrator LM {checkpoint} on {split}: {int(r['samples'])} samples, {int(r['frames'])} frames, "
-            f"advance bias {r['advance_bias']:g}")
+            f"advance bias {r['advance_bias']:g}, {'each sample its accent' if r.get('accents') else 'no accent named'}")
     return "\n".join([head, *(f"  {name:<40} {value:>8}" for name, value in rows)])
 
 
@@ -410,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--limit", type=int, default=0, help="first N samples (0: all)")
         parser.add_argument("--json", default=None, help="also write the metrics here")
         parser.add_argument("--advance-bias", type=float, default=None, help="override the checkpoint's")
+        parser.add_argument("--no-accents", action="store_true",
+                            help="name no accent in any session (an LM with accents then speaks its default)")
     else:
         parser.add_argument("--config", default=None, help="TOML over the defaults")
         parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -429,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "eval":
         torch.set_num_threads(1)  # batch-1 decoding of a small LM: more threads only add synchronisation
         results = evaluate(args.checkpoint, args.corpus, args.split, args.bundle, args.limit,
-                           advance_bias=args.advance_bias)
+                           advance_bias=args.advance_bias, accents=not args.no_accents)
         print(format_results(results, args.split, args.checkpoint))
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
