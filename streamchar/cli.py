@@ -436,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--system", action="append", required=True,
                     help="'ground-truth', 'codecs[,checkpoint=DIR]' (ground truth through the codecs) or "
                     "'pipeline[,label=NAME][,checkpoint=DIR][,steps=N][,KEY=VALUE...]' "
-                    "(KEY=VALUE sets STREAMCHAR_KEY for the services); repeat for several rows")
+                    "(voice=NAME: the sessions' accent, voice=item: each clip's own; KEY=VALUE sets STREAMCHAR_KEY for "
+                    "the services); repeat for several rows")
     ev.add_argument("--protocol", action="append", choices=("short", "long"), default=None,
                     help="short clips and/or long-horizon streams (default: both)")
     ev.add_argument("--corpus", default="data/corpus")

@@ -21,10 +21,10 @@ def _png(width: int, height: int) -> bytes:
 
 
 async def _session_error(gateway: str, image: bytes, deltas: list[bytes | str], end: bool = True,
-                         extra_after_end: list[bytes] = ()) -> tuple[sdk.GatewayError, list]:
+                         extra_after_end: list[bytes] = (), voice: str = "") -> tuple[sdk.GatewayError, list]:
     events = []
     async with AsyncClient(gateway) as client:
-        session = await client.open_session(image)
+        session = await client.open_session(image, voice=voice)
         with pytest.raises(sdk.GatewayError) as err:
             for d in deltas:
                 await session.send_text(d)
@@ -70,9 +70,26 @@ async def test_bad_input_gets_status_and_readable_message(stack, character_png, 
     assert result.end is not None and len(result.chunk_indices) == result.end.chunks >= 1
 
 
-async def _good_session(gateway: str, image: bytes) -> sdk.SpeechResult:
+async def _good_session(gateway: str, image: bytes, voice: str = "") -> sdk.SpeechResult:
     async with AsyncClient(gateway) as client:
-        return await client.speak("A well-behaved session keeps going.", image)
+        return await client.speak("A well-behaved session keeps going.", image, voice=voice)
+
+
+@pytest.mark.asyncio
+async def test_a_voice_the_lm_does_not_speak_is_invalid_argument_naming_those_it_does(stack, character_png):
+    """The voice is the accent the orchestrator LM speaks in (its vocabulary's accents); the orchestrator
+    refuses another one at the session's start, and the status comes back through renderer and gateway."""
+    from streamchar.models.bundle import load_orchestrator_decoding
+
+    accents = load_orchestrator_decoding()[1].accents
+    assert "en-us" in accents and "en-gb-scotland" in accents
+    good = asyncio.create_task(_good_session(stack.gateway, character_png, voice="en-gb-scotland"))
+    err, events = await _session_error(stack.gateway, character_png, ["hello"], voice="en-au")
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT, err
+    assert "unknown accent 'en-au'" in err.message and ", ".join(accents) in err.message
+    assert events and events[-1].WhichOneof("event") == "error"
+    result = await good  # a session in a voice it speaks kept going
+    assert result.end is not None and len(result.chunk_indices) == result.end.chunks >= 1
 
 
 @pytest.mark.asyncio

@@ -82,10 +82,10 @@ def lm_backends(vllm: VLLMServer) -> dict[str, object]:
 
 
 async def decode_session(engine: OrchestratorEngine, store: RedisSessionStore, text: str,
-                         word_by_word: bool) -> list[tuple[list[int], int, int, bool]]:
+                         word_by_word: bool, voice: str = "") -> list[tuple[list[int], int, int, bool]]:
     """All chunks of `text`; word by word, the next word arrives only when a chunk starves for it
-    (as from a chat model slower than speech)."""
-    meta = SessionMeta.new(np.zeros((8, 8, 3), np.uint8))
+    (as from a chat model slower than speech). `voice`: the session's accent."""
+    meta = SessionMeta.new(np.zeros((8, 8, 3), np.uint8), voice=voice)
     await meta.create(store)
     pieces = re.findall(r"\S+\s*", text) if word_by_word else [text]
     fed, offset, chunks = 0, 0, []
@@ -122,6 +122,11 @@ async def test_vllm_and_embedded_backends_decode_identical_units_and_pointers(vl
                 assert ends == sorted(ends) and ends[-1] == len(text) and chunks[-1][3]
                 spoken = {u for c in chunks for u in c[0]} - {vocab.num_units}
                 assert len(spoken) > 3, "the decode speaks, it is not all silence"
+        # a session naming its accent: the accent's token after <bos> in every prompt vLLM is sent
+        assert "en-gb-scotland" in vocab.accents
+        got = {name: await decode_session(e, store, TRANSCRIPTS[0], False, "en-gb-scotland")
+               for name, e in engines.items()}
+        assert got["vllm"] == got["embedded"] and got["vllm"][-1][3]
     finally:
         for b in backends.values():
             await b.close()
