@@ -322,6 +322,9 @@ _video_temperature = _sampler_float("check_audio_temperature", "the video temper
 _guidance = _sampler_float("check_guidance", "a CFG scale must be in [0, 10]")
 
 
+VOICE_HELP = "the accent to speak in: one of the orchestrator LM's (en-us, en-gb, en-gb-scotland, ...); default: its own"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamchar", description="Real-time streaming talking characters.")
     parser.add_argument("--log-level", default="WARNING")
@@ -331,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("text")
     say.add_argument("--character", help="reference image of the character (default: the bundled one)")
     say.add_argument("-o", "--output", default="out/say.mp4")
-    say.add_argument("--voice", default="", help="the accent to speak in: one of the orchestrator LM's (en-us, en-gb, en-gb-scotland, ...); default: its own")
+    say.add_argument("--voice", default="", help=VOICE_HELP)
     say.add_argument("--checkpoint", default="", help="bundle directory (default: the shipped tiny bundle)")
     say.add_argument("--dit", default="dit", help="the bundle's DiT: dit (the distilled student, 4 steps), "
                      "dit-stage1, or teacher (with --steps 32 --guidance 3 --audio-temperature 0 --audio-guidance 1)")
@@ -364,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--gateway", default="127.0.0.1:50050")
     client.add_argument("--character")
     client.add_argument("-o", "--output", default="out/client.mp4")
-    client.add_argument("--voice", default="", help="the accent to speak in: one of the orchestrator LM's (en-us, en-gb, en-gb-scotland, ...); default: its own")
+    client.add_argument("--voice", default="", help=VOICE_HELP)
     client.add_argument("--words", action="store_true", help="send the text word by word, like a chat model")
     client.add_argument("--realtime", action="store_true", help="pace generation to playback")
     client.add_argument("--raw", action="store_true", help="raw RGB frames + PCM (.npz) instead of fMP4")

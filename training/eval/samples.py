@@ -1,9 +1,10 @@
 """Sample videos for held-out characters: MP4s and a PNG contact sheet, through the in-process pipeline.
 
 Each sample is a test-split identity (never seen in training) given as its neutral reference render
-and a test-split transcript, spoken in a test-split voice's accent (the session's voice), by the pipeline (`streamchar.pipeline.Pipeline`, the same
-engines as the services). Writes ``<out>/<name>.mp4`` per sample and ``<out>/contact_sheet.png``:
-one row per sample, the reference image first, then every `stride`-th generated frame.
+and a test-split transcript, spoken in a test-split voice's accent (the session's voice) by the pipeline
+(`streamchar.pipeline.Pipeline`, the same engines as the services). Writes ``<out>/<name>.mp4`` per
+sample and ``<out>/contact_sheet.png``: one row per sample, the reference image first, then every
+`stride`-th generated frame.
 """
 
 from __future__ import annotations

@@ -318,7 +318,9 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", split: 
         true_units, true_pointer = targets.units.tolist(), targets.pointer.tolist()
         # room for the slowest decode the protocol allows (one byte per stall), so every decode can finish
         budget = max(2 * len(true_units), len(text) * (protocol.config.max_stall_frames + 1)) + 4 * TB.frames_per_chunk
-        accent = protocol.check_accent(str(sample.speaker.get("voice", ""))) if accents else ""
+        voice = str(sample.speaker.get("voice", ""))
+        voices.append(voice)
+        accent = protocol.check_accent(voice) if accents else ""
         whole = greedy_decode(protocol, backend, [text], budget, accent)
         streamed = greedy_decode(protocol, backend, [w.encode("utf-8") for w in words_of(sample.transcript)],
                                  budget, accent)
@@ -346,7 +348,6 @@ def evaluate(checkpoint: str | Path, corpus: str | Path = "data/corpus", split: 
         sums["true_len"] += next((f + 1 for f, p in enumerate(true_pointer) if p == len(text)), len(true_pointer))
         for key, decoded in (("truth", true_units), ("whole", whole.units), ("streamed", streamed.units)):
             runs[key].append(" ".join(unit_runs(decoded, K)) or "-")  # jiwer refuses empty strings
-        voices.append(str(sample.speaker.get("voice", "")))
     by_voice = {v: [i for i, w in enumerate(voices) if w == v] for v in sorted(set(voices))}
 
     return {
